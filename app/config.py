@@ -1,0 +1,56 @@
+"""Settings: read once from `SEGMENT_*` environment variables; every limit lives here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "mlx-community/paligemma2-3b-mix-448-8bit"
+# ~22 tokens per object (4 loc + 16 seg + label + separator): room for 8 objects and long labels.
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+class Settings(BaseSettings):
+    """All configuration of the service. Create through `get_settings()`; tests build their own."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGMENT_", extra="ignore")
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hugging Face id of an mlx-vlm PaliGemma checkpoint, or a local directory.",
+    )
+    vae_path: Path = Field(Path("models/vae-oid.npz"), description="big_vision's mask VAE.")
+    models_dir: Path = Field(Path("models"), description="Where `make models` puts weights.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Upload/URL body limit.")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Refused before decoding.")
+    max_prompt_chars: int = Field(512, ge=1)
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=4096)
+    max_queue: int = Field(8, ge=1, description="Requests waiting for the model beyond this: 503.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Queue wait + inference: 504.")
+    url_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for image_url.")
+    url_max_redirects: int = Field(3, ge=0)
+    warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
+    png_compression: int = Field(1, ge=0, le=9, description="Mask PNG zlib level: speed first.")
+
+    def model_path(self) -> Path:
+        """The local directory holding `model`: itself if it is a directory, else under models_dir."""
+        as_path = Path(self.model).expanduser()
+        if as_path.is_dir():
+            return as_path
+        return self.models_dir / self.model
+
+    def is_local_model(self) -> bool:
+        return Path(self.model).expanduser().is_dir()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,38 @@
+"""User prompt -> PaliGemma 2 mix task prompt. Pure."""
+
+from __future__ import annotations
+
+import re
+
+from app.errors import BadInput
+
+TASKS = ("segment", "detect")
+_CLASS_SEPARATOR = re.compile(r"\s*;\s*")
+
+
+def build_prompt(user_prompt: str, *, max_chars: int) -> str:
+    """`cat ; dog` -> `segment cat ; dog`; `detect car` is kept. Classes are joined by ` ; `.
+
+    PaliGemma 2 mix was trained on exactly this spelling, so stray spaces and empty classes are
+    normalised away rather than passed through.
+    """
+    text = " ".join(user_prompt.split())
+    if not text:
+        raise BadInput("prompt is empty; say what to segment, e.g. 'cat' or 'cat ; dog'.")
+    if len(user_prompt) > max_chars:
+        raise BadInput(
+            f"prompt is {len(user_prompt)} characters; the limit is {max_chars}. Shorten it."
+        )
+    task, _, rest = text.partition(" ")
+    if task.lower() in TASKS:
+        task = task.lower()
+    else:
+        task, rest = "segment", text
+    classes = [c for c in _CLASS_SEPARATOR.split(rest) if c]
+    if not classes:
+        raise BadInput(f"prompt '{text}' names nothing to {task}; e.g. '{task} cat'.")
+    return f"{task} {' ; '.join(classes)}"
+
+
+def wants_masks(task_prompt: str) -> bool:
+    return task_prompt.startswith("segment ")
