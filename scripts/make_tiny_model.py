@@ -1,0 +1,284 @@
+"""Build a tiny random-weight PaliGemma 2 (real architecture, toy sizes) plus a random VAE.
+
+Why: the real checkpoint is gigabytes and cannot be downloaded in tests or CI. This directory has
+the file layout, config keys, weight names, and tokenizer id order of a real PaliGemma 2 mix
+checkpoint, so loading and decoding code tested on it works on the real one. No torch and no
+network: numpy, safetensors and tokenizers only, in about a second.
+
+    python scripts/make_tiny_model.py models/paligemma2-tiny [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+from tokenizers.models import BPE
+
+IMAGE_SIZE = 224
+PATCH_SIZE = 14
+NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 256, as in the real 224 checkpoints
+TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
+# PaliGemma 2 inherited PaliGemma 1's top-level hidden_size (2048) although its Gemma 2 text tower
+# is 2304 wide. mlx-vlm scales image features by 1/sqrt(top-level hidden_size), transformers by
+# 1/sqrt(text_config.hidden_size). Kept different here ON PURPOSE so tests see the real trap.
+TOP_LEVEL_HIDDEN_SIZE = 2048
+
+SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+# Words that get BPE merges, so prompts and labels tokenize like words rather than characters.
+WORDS = (  # noqa: SIM905 (one string reads better than 42 quoted words)
+    "cat dog car wheel person people man woman child bird horse tree sky road building window "
+    "door hand face head table chair bottle cup book phone left right top bottom segment detect "
+    "caption describe answer the of and in on with en"
+).split()
+PROMPT_STARTS = ["segment", "detect", "caption", "describe", "answer"]  # no "▁" at string start
+BASE_VOCAB = 1024  # ids below the loc tokens (256000 in the real tokenizer)
+LOC_TOKENS = [f"<loc{i:04d}>" for i in range(1024)]
+SEG_TOKENS = [f"<seg{i:03d}>" for i in range(128)]
+IMAGE_TOKEN = "<image>"
+VOCAB_SIZE = BASE_VOCAB + len(LOC_TOKENS) + len(SEG_TOKENS) + 1  # <image> is the last id
+
+
+def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Gemma's id order: specials, byte fallback, characters, word merges, <unusedN> filler."""
+    pieces = SPECIAL + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += ["\n", "▁"] + [chr(c) for c in range(0x21, 0x7F)]  # printable ASCII; space is ▁
+    merges: list[tuple[str, str]] = []
+    # Left-to-right chains ("▁"+"c", "▁c"+"a", ...). All "▁" chains rank before bare ones, so a
+    # bare merge such as "c"+"a" can never split "▁cat" in the middle.
+    for word in [f"▁{w}" for w in WORDS] + PROMPT_STARTS:
+        for end in range(2, len(word) + 1):
+            if word[:end] not in pieces:
+                pieces.append(word[:end])
+                merges.append((word[: end - 1], word[end - 1]))
+    assert len(pieces) < BASE_VOCAB, f"{len(pieces)} pieces do not fit below {BASE_VOCAB}"
+    pieces += [f"<unused{i}>" for i in range(BASE_VOCAB - len(pieces))]
+    pieces += [*LOC_TOKENS, *SEG_TOKENS, IMAGE_TOKEN]
+    assert len(pieces) == VOCAB_SIZE == len(set(pieces))
+    return {p: i for i, p in enumerate(pieces)}, merges
+
+
+def build_tokenizer() -> Tokenizer:
+    """Gemma-style BPE with byte fallback; loc/seg are atomic non-special added tokens.
+
+    Non-special, because the service decodes with `skip_special_tokens=True` and the loc/seg
+    tokens carry the boxes and masks; `<image>` and the control tokens are special.
+    """
+    vocab, merges = _vocab_and_merges()
+    tok = Tokenizer(BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL])
+    tok.add_tokens(
+        [AddedToken(t, normalized=False, special=False) for t in LOC_TOKENS + SEG_TOKENS]
+    )
+    tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
+    assert tok.get_vocab_size(with_added_tokens=True) == VOCAB_SIZE
+    return tok
+
+
+def build_config() -> dict[str, Any]:
+    """config.json in the real checkpoint's layout (float32 here, bfloat16 there)."""
+    text = {
+        **TEXT,
+        "model_type": "gemma2",
+        "architectures": ["Gemma2ForCausalLM"],
+        "vocab_size": VOCAB_SIZE,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_act": "gelu_pytorch_tanh",
+        # mlx-vlm's defaults for these are None: they must be explicit, as in the real config.
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
+        "query_pre_attn_scalar": TEXT["head_dim"],
+        "sliding_window": 4096,  # as real: longer than any prompt, so it never clips attention
+        "layer_types": ["sliding_attention", "full_attention"] * (TEXT["num_hidden_layers"] // 2),
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "num_image_tokens": NUM_IMAGE_TOKENS,
+        "torch_dtype": "float32",
+    }
+    vision = {
+        **VISION,
+        "model_type": "siglip_vision_model",
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "num_channels": 3,
+        "num_image_tokens": NUM_IMAGE_TOKENS,
+        "num_positions": NUM_IMAGE_TOKENS,
+        "projection_dim": TEXT["hidden_size"],
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+        "vision_use_head": False,
+        "torch_dtype": "float32",
+    }
+    return {
+        "architectures": ["PaliGemmaForConditionalGeneration"],
+        "model_type": "paligemma",
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "pad_token_id": 0,
+        "hidden_size": TOP_LEVEL_HIDDEN_SIZE,  # != text hidden_size on purpose, see above
+        "image_token_index": VOCAB_SIZE - 1,
+        "projection_dim": TEXT["hidden_size"],
+        "vocab_size": VOCAB_SIZE,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "dtype": "float32",
+        "text_config": text,
+        "vision_config": vision,
+    }
+
+
+def _weight_shapes() -> dict[str, tuple[int, ...]]:
+    """Original HF PaliGemma names and PyTorch layouts; no lm_head (tied to embed_tokens)."""
+    vh, vi = VISION["hidden_size"], VISION["intermediate_size"]
+    th, ti = TEXT["hidden_size"], TEXT["intermediate_size"]
+    q_out = TEXT["num_attention_heads"] * TEXT["head_dim"]
+    kv_out = TEXT["num_key_value_heads"] * TEXT["head_dim"]
+    v = "vision_tower.vision_model."
+    shapes: dict[str, tuple[int, ...]] = {
+        v + "embeddings.patch_embedding.weight": (vh, 3, PATCH_SIZE, PATCH_SIZE),  # (O, C, kH, kW)
+        v + "embeddings.patch_embedding.bias": (vh,),
+        v + "embeddings.position_embedding.weight": (NUM_IMAGE_TOKENS, vh),
+        v + "post_layernorm.weight": (vh,),
+        v + "post_layernorm.bias": (vh,),
+        "multi_modal_projector.linear.weight": (th, vh),  # (out, in) like torch.nn.Linear
+        "multi_modal_projector.linear.bias": (th,),
+        "language_model.model.embed_tokens.weight": (VOCAB_SIZE, th),
+        "language_model.model.norm.weight": (th,),
+    }
+    for i in range(VISION["num_hidden_layers"]):
+        p = f"{v}encoder.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes |= {f"{p}self_attn.{name}.weight": (vh, vh), f"{p}self_attn.{name}.bias": (vh,)}
+        for name in ("layer_norm1", "layer_norm2"):
+            shapes |= {f"{p}{name}.weight": (vh,), f"{p}{name}.bias": (vh,)}
+        shapes |= {f"{p}mlp.fc1.weight": (vi, vh), f"{p}mlp.fc1.bias": (vi,)}
+        shapes |= {f"{p}mlp.fc2.weight": (vh, vi), f"{p}mlp.fc2.bias": (vh,)}
+    for i in range(TEXT["num_hidden_layers"]):
+        p = f"language_model.model.layers.{i}."
+        shapes |= {
+            p + "self_attn.q_proj.weight": (q_out, th),
+            p + "self_attn.k_proj.weight": (kv_out, th),
+            p + "self_attn.v_proj.weight": (kv_out, th),
+            p + "self_attn.o_proj.weight": (th, q_out),
+            p + "mlp.gate_proj.weight": (ti, th),
+            p + "mlp.up_proj.weight": (ti, th),
+            p + "mlp.down_proj.weight": (th, ti),
+        }
+        for name in ("input", "post_attention", "pre_feedforward", "post_feedforward"):
+            shapes[f"{p}{name}_layernorm.weight"] = (th,)
+    return shapes
+
+
+def build_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic small random float32 weights for every tensor of the real architecture."""
+    rng = np.random.default_rng(seed)
+    weights: dict[str, np.ndarray] = {}
+    for name, shape in sorted(_weight_shapes().items()):  # sorted: same draws for the same seed
+        w = rng.standard_normal(shape, dtype=np.float32)
+        if name.startswith("vision_tower") and "norm" in name:
+            # SigLIP LayerNorm multiplies by w (ones-ish); a small bias still tests its mapping.
+            w = (1.0 + 0.05 * w) if name.endswith("weight") else 0.02 * w
+        elif name.startswith("language_model") and "norm" in name:
+            w = 0.05 * w  # Gemma RMSNorm multiplies by (1 + w)
+        elif name.endswith("bias"):
+            w = 0.02 * w
+        else:
+            w = 0.05 * w
+        weights[name] = w.astype(np.float32)
+    return weights
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random-weight PaliGemma 2 (real architecture) + out_dir/vae-oid.npz.
+
+    Returns out_dir. Same seed, same bytes: tests and golden files can rely on it.
+    """
+    from scripts.random_vae import write_random_vae  # lazy: lets the CLI fix sys.path first
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "config.json", build_config())
+    _write_json(
+        out_dir / "generation_config.json",
+        {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0},
+    )
+    _write_json(
+        out_dir / "preprocessor_config.json",
+        {
+            "image_processor_type": "SiglipImageProcessor",
+            "processor_class": "PaliGemmaProcessor",
+            "image_seq_length": NUM_IMAGE_TOKENS,
+            "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            "do_resize": True,
+            "resample": 3,  # bicubic
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+        },
+    )
+    build_tokenizer().save(str(out_dir / "tokenizer.json"))
+    names: dict[str, Any] = {f"{t[1:-1]}_token": t for t in SPECIAL[:5]}  # pad_token: "<pad>", ...
+    names["additional_special_tokens"] = [IMAGE_TOKEN]
+    _write_json(out_dir / "special_tokens_map.json", names)
+    _write_json(
+        out_dir / "tokenizer_config.json",
+        {
+            **names,
+            "tokenizer_class": "GemmaTokenizer",
+            "processor_class": "PaliGemmaProcessor",
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1000000000000000019884624838656,
+        },
+    )
+    save_file(build_weights(seed), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    write_random_vae(out_dir / "vae-oid.npz", seed=seed)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: build the tiny model into DIR."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for all weights")
+    args = parser.parse_args(argv)
+    print(build_tiny_model(args.out_dir, seed=args.seed))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # make `scripts` importable
+    main()
