@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     png_compression: int = Field(1, ge=0, le=9, description="Mask PNG zlib level: speed first.")
 
     def model_path(self) -> Path:
-        """The local directory holding `model`: itself if it is a directory, else under models_dir."""
+        """Where `model` lives: itself if it is a directory, else models_dir/<hub id>."""
         as_path = Path(self.model).expanduser()
         if as_path.is_dir():
             return as_path

@@ -24,12 +24,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            opened = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLarge(f"The image has too many pixels ({exc}).") from exc
     except UnidentifiedImageError as exc:
         raise NotAnImage(f"The upload is not a recognised image; send {SUPPORTED}.") from exc
-    width, height = image.size
+    width, height = opened.size
     if width * height > max_pixels:
         raise TooLarge(
             f"The image is {width}x{height} = {width * height:,} pixels; the limit is "
@@ -38,16 +38,16 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise BadInput(f"The image has no pixels ({width}x{height}).")
     try:
-        image.seek(0)
-        image.load()
-        image = ImageOps.exif_transpose(image)
+        opened.seek(0)
+        opened.load()
+        image = ImageOps.exif_transpose(opened)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInput(f"The image is corrupt or truncated ({exc}); send a complete file.") from exc
     return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: transparency composited on white, 16/32-bit greyscale scaled rather than clipped."""
+    """8-bit RGB: transparency composited on white, 16/32-bit grey scaled rather than clipped."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         pixels = np.asarray(image, dtype=np.float64)  # (h, w) 16- or 32-bit integer levels
         top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
@@ -59,6 +59,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB") if image.mode != "RGB" else image

@@ -148,9 +148,7 @@ class _Parser:
                 self.draft.label.append(part)
 
 
-def box_to_pixels(
-    loc: Sequence[int], width: int, height: int
-) -> tuple[int, int, int, int]:
+def box_to_pixels(loc: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
     """(y_min, x_min, y_max, x_max) on 0..1023 -> (x_min, y_min, x_max, y_max) pixels, clipped."""
     y0, x0, y1, x1 = loc
 

@@ -17,8 +17,9 @@ def image_bytes(image: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
 def gradient(width: int = 64, height: int = 48, mode: str = "RGB") -> Image.Image:
     """A deterministic colourful image (so EXIF rotations and crops are detectable)."""
     y, x = np.mgrid[0:height, 0:width]
-    rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1),
-                    (x + y) % 256], axis=-1).astype(np.uint8)
+    rgb = np.stack(
+        [x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1
+    ).astype(np.uint8)
     return Image.fromarray(rgb, "RGB").convert(mode)
 
 

@@ -52,14 +52,19 @@ def test_model_downloads_into_models_dir(tmp_path: Path, monkeypatch: pytest.Mon
     assert is_complete(target)
 
 
-def test_vae_comes_from_the_paligemma_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vae_comes_from_the_paligemma_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(download, "hf_hub_download", _fake_vae(calls))
     target = tmp_path / "vae" / "custom-name.npz"
     assert download_vae(target) == target and target.read_bytes() == b"npz"
     [call] = calls
     assert (call["repo_id"], call["filename"], call["repo_type"]) == (
-        "google/paligemma-hf", "vae-oid.npz", "space")
+        "google/paligemma-hf",
+        "vae-oid.npz",
+        "space",
+    )
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,20 @@ LIMIT = 50_000_000
 
 @pytest.mark.parametrize(
     ("fmt", "mode"),
-    [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("PNG", "LA"),
-     ("PNG", "P"), ("WEBP", "RGB"), ("BMP", "RGB"), ("TIFF", "RGB"), ("JPEG", "CMYK"),
-     ("GIF", "P"), ("PNG", "1")],
+    [
+        ("PNG", "RGB"),
+        ("JPEG", "RGB"),
+        ("PNG", "RGBA"),
+        ("PNG", "L"),
+        ("PNG", "LA"),
+        ("PNG", "P"),
+        ("WEBP", "RGB"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+        ("JPEG", "CMYK"),
+        ("GIF", "P"),
+        ("PNG", "1"),
+    ],
 )
 def test_common_formats_and_modes_become_rgb(fmt: str, mode: str) -> None:
     image = decode_image(image_bytes(gradient(40, 30, mode), fmt), max_pixels=LIMIT)
@@ -49,7 +60,7 @@ def test_first_frame_of_an_animated_gif() -> None:
     frames = [Image.new("RGB", (10, 10), c) for c in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    r, g, b = decode_image(buffer.getvalue(), max_pixels=LIMIT).getpixel((5, 5))
+    r, _g, b = decode_image(buffer.getvalue(), max_pixels=LIMIT).getpixel((5, 5))
     assert r > 200 and b < 50
 
 
@@ -73,10 +84,19 @@ def test_truncated_image(fmt: str) -> None:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares a huge size but carries almost no data: a decompression bomb's shape."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_limit_is_checked_before_decoding() -> None:

@@ -124,15 +124,25 @@ def test_score_is_the_mean_probability_of_the_loc_and_seg_tokens() -> None:
 
 
 def test_detection_score_uses_the_loc_tokens_only() -> None:
-    pieces = [Piece("<loc0001>", 0.2), Piece("<loc0002>", 0.4), Piece("<loc0003>", 0.6),
-              Piece("<loc0004>", 0.8), Piece(" car")]
+    pieces = [
+        Piece("<loc0001>", 0.2),
+        Piece("<loc0002>", 0.4),
+        Piece("<loc0003>", 0.6),
+        Piece("<loc0004>", 0.8),
+        Piece(" car"),
+    ]
     [obj] = parse_pieces(pieces)
     assert obj.score == pytest.approx(0.5)
 
 
 def test_pieces_from_text_splits_tokens_and_text() -> None:
     assert [p.text for p in pieces_from_text("x<loc0001><seg002> cat<eos>")] == [
-        "x", "<loc0001>", "<seg002>", " cat", "<eos>"]
+        "x",
+        "<loc0001>",
+        "<seg002>",
+        " cat",
+        "<eos>",
+    ]
 
 
 def test_box_to_pixels_reorders_scales_and_rounds() -> None:

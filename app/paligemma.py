@@ -1,0 +1,181 @@
+"""PaliGemma through mlx-vlm: load once, then greedy generation with per-token probabilities.
+
+Everything here touches MLX, so it must run on the engine's single worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image
+
+from app.errors import Cancelled
+from app.tokens import LOC_TOKENS, SEG_TOKENS, Piece
+
+log = logging.getLogger(__name__)
+
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the loc/seg tokens sit in this checkpoint's vocabulary (read, never assumed)."""
+
+    loc_base: int
+    seg_base: int
+    stop_ids: frozenset[int]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, stop_ids: Sequence[int]) -> TokenLayout:
+        ids = tokenizer.convert_tokens_to_ids(
+            ["<loc0000>", f"<loc{LOC_TOKENS - 1:04d}>", "<seg000>", f"<seg{SEG_TOKENS - 1:03d}>"]
+        )
+        loc_first, loc_last, seg_first, seg_last = ids
+        if loc_last - loc_first != LOC_TOKENS - 1 or seg_last - seg_first != SEG_TOKENS - 1:
+            raise ValueError(
+                "This tokenizer's <locNNNN>/<segNNN> tokens are missing or not contiguous; it is "
+                "not a PaliGemma tokenizer."
+            )
+        return cls(loc_base=loc_first, seg_base=seg_first, stop_ids=frozenset(stop_ids))
+
+    def special_piece(self, token_id: int) -> str | None:
+        """`<locNNNN>` / `<segNNN>` for those ids, None for ordinary text tokens."""
+        if 0 <= token_id - self.loc_base < LOC_TOKENS:
+            return f"<loc{token_id - self.loc_base:04d}>"
+        if 0 <= token_id - self.seg_base < SEG_TOKENS:
+            return f"<seg{token_id - self.seg_base:03d}>"
+        return None
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    pieces: list[Piece]
+    prompt_tokens: int
+    preprocess_ms: float
+    generate_ms: float
+
+
+class PaliGemma:
+    """One resident PaliGemma checkpoint and its processor."""
+
+    def __init__(self, model: Any, processor: Any, layout: TokenLayout) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.layout = layout
+
+    @classmethod
+    def load(cls, path: Path) -> PaliGemma:
+        """Load with mlx-vlm from a local directory and make it behave like the reference."""
+        from mlx_vlm.utils import load
+
+        model, processor = load(str(path))
+        match_reference_image_scaling(model)
+        tokenizer = processor.tokenizer
+        stop_ids = {tokenizer.eos_token_id}
+        for token in ("<end_of_turn>",):  # mix checkpoints may end a turn instead
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+                stop_ids.add(token_id)
+        return cls(model, processor, TokenLayout.from_tokenizer(tokenizer, sorted(stop_ids)))
+
+    def prepare(self, image: Image.Image, prompt: str) -> dict[str, mx.array]:
+        """Token ids, attention mask and pixels exactly as the checkpoint's processor makes them."""
+        # An explicit <image> marks where the image tokens go (the processor warns without it).
+        batch = self.processor(images=[image], text=[f"<image>{prompt}"], return_tensors="np")
+        return {
+            "input_ids": mx.array(np.asarray(batch["input_ids"])),
+            "mask": mx.array(np.asarray(batch["attention_mask"])),
+            "pixel_values": mx.array(np.asarray(batch["pixel_values"])),
+        }
+
+    def generate(
+        self,
+        image: Image.Image,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        logits_processors: Sequence[LogitsProcessor] = (),
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Generation:
+        """Greedy decoding until a stop token or `max_new_tokens`; checks `cancelled` per token."""
+        from mlx_vlm.generate.ar import generate_step
+
+        started = time.perf_counter()
+        inputs = self.prepare(image, prompt)
+        prepared = time.perf_counter()
+        ids: list[int] = []
+        probs: list[float] = []
+        steps = generate_step(
+            inputs["input_ids"],
+            self.model,
+            inputs["pixel_values"],
+            inputs["mask"],
+            max_tokens=max_new_tokens,
+            temperature=0.0,
+            logits_processors=list(logits_processors) or None,
+        )
+        for token, logprobs in steps:
+            if cancelled():
+                raise Cancelled("generation abandoned")
+            if token in self.layout.stop_ids:
+                break
+            ids.append(int(token))
+            probs.append(math.exp(float(logprobs[token].item())))  # type: ignore[arg-type]
+        finished = time.perf_counter()
+        pieces = self.pieces(ids, probs)
+        return Generation(
+            text="".join(p.text for p in pieces),
+            pieces=pieces,
+            prompt_tokens=int(inputs["input_ids"].shape[1]),
+            preprocess_ms=(prepared - started) * 1000,
+            generate_ms=(finished - prepared) * 1000,
+        )
+
+    def pieces(self, ids: Sequence[int], probs: Sequence[float]) -> list[Piece]:
+        """loc/seg ids become their tokens by id arithmetic; runs of other ids are detokenized."""
+        pieces: list[Piece] = []
+        run: list[int] = []
+        for token_id, prob in zip(ids, probs, strict=True):
+            special = self.layout.special_piece(token_id)
+            if special is None:
+                run.append(token_id)
+                continue
+            if run:
+                pieces.append(Piece(self.tokenizer.decode(run, skip_special_tokens=True)))
+                run = []
+            pieces.append(Piece(special, prob))
+        if run:
+            pieces.append(Piece(self.tokenizer.decode(run, skip_special_tokens=True)))
+        return pieces
+
+
+def match_reference_image_scaling(model: Any) -> None:
+    """Scale image features by 1/sqrt(text hidden size), as transformers (the reference) does.
+
+    mlx-vlm divides by the top-level `hidden_size`, which PaliGemma 2 configs inherit from
+    PaliGemma 1 (2048 where the text tower has 2304): every output would silently drift.
+    """
+    config = model.config
+    text_hidden = config.text_config.hidden_size
+    if config.hidden_size != text_hidden:
+        log.info(
+            "image feature scale: using text hidden size %d instead of config hidden_size %d",
+            text_hidden,
+            config.hidden_size,
+        )
+        config.hidden_size = text_hidden
+
+
+def device_name() -> str:
+    """`gpu` (Metal) or `cpu`: where MLX runs by default in this process."""
+    return "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
