@@ -7,6 +7,7 @@ happen on `self._worker`; routes await futures and only plain Python/numpy value
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -53,6 +55,13 @@ class EngineStatus:
     loaded_at: datetime | None
     requests_served: int
     queued: int
+    random_weights: bool
+
+
+def is_random_weights(model_dir: Path) -> bool:
+    """The tiny demo model (scripts/make_tiny_model.py) marks its config.json as random."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return bool(config.get("random_weights", False))
 
 
 class Engine:
@@ -67,6 +76,7 @@ class Engine:
         self._state: State = "loading"
         self._reason: str | None = "loading the model"
         self._device: str | None = None
+        self._random_weights = False
         self._loaded_at: datetime | None = None
         self._served = 0
         self._pending = 0  # admitted requests not yet finished (queued + running)
@@ -103,6 +113,7 @@ class Engine:
             loaded_at=self._loaded_at,
             requests_served=self._served,
             queued=self._pending,
+            random_weights=self._random_weights,
         )
 
     def _load(self) -> None:
@@ -114,6 +125,9 @@ class Engine:
                     f"Model {self.settings.model!r} not found (looked in {model_dir}). Run "
                     "`make models` to download it, or `make demo` to try a tiny random model."
                 )
+            self._random_weights = is_random_weights(model_dir)
+            if self._random_weights:
+                log.warning("DEMO MODEL: %s has random weights; outputs are meaningless", model_dir)
             self._device = device_name()
             self._model = PaliGemma.load(model_dir)
             self._decoder = MaskDecoder.load(vae_path)

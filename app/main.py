@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             loaded_at=status.loaded_at,
             requests_served=status.requests_served,
             queued=status.queued,
+            random_weights=status.random_weights,
             version=app.version,
         )
         code = 200 if status.state == "ok" else 503

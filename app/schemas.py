@@ -46,6 +46,9 @@ class HealthResponse(BaseModel):
     loaded_at: datetime | None
     requests_served: int
     queued: int
+    random_weights: bool = Field(
+        description="True for the `make demo` tiny random model: its outputs are meaningless."
+    )
     version: str
 
 

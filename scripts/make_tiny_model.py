@@ -149,6 +149,8 @@ def build_config() -> dict[str, Any]:
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
         "dtype": "float32",
+        # Read by the service, which then labels itself as a random-weight demo in logs and /health.
+        "random_weights": True,
         "text_config": text,
         "vision_config": vision,
     }
