@@ -26,7 +26,7 @@ def test_configuration_table_defaults_match() -> None:
 
 def test_curl_example_fields_are_the_api_fields() -> None:
     curl = README.split("```sh\ncurl", 1)[1].split("```", 1)[0]
-    sent = set(re.findall(r"-F (\w+)=", curl))
+    sent = set(re.findall(r"(?:-F|--form-string) \"?(\w+)=", curl))
     schema = create_app(Settings()).openapi()  # type: ignore[call-arg]
     body_ref = schema["paths"]["/segment"]["post"]["requestBody"]["content"]["multipart/form-data"][
         "schema"
