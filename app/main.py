@@ -111,8 +111,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             mask_format,
             settings.png_compression,
         )
+        worker_ms = sum(inference.timings_ms.values())
         timings = {
             "decode_image": (decoded - started) * 1000,
+            "queue_wait": max((inferred - decoded) * 1000 - worker_ms, 0.0),
             **inference.timings_ms,
             "masks": (time.perf_counter() - inferred) * 1000,
         }

@@ -32,7 +32,3 @@ def build_prompt(user_prompt: str, *, max_chars: int) -> str:
     if not classes:
         raise BadInput(f"prompt '{text}' names nothing to {task}; e.g. '{task} cat'.")
     return f"{task} {' ; '.join(classes)}"
-
-
-def wants_masks(task_prompt: str) -> bool:
-    return task_prompt.startswith("segment ")

@@ -111,9 +111,15 @@ def test_segment_two_objects_end_to_end(service: Service) -> None:
         assert not outside.any() and mask.any()  # something inside the box, nothing outside
         assert obj["score"] == pytest.approx(1.0, abs=1e-3)  # forced tokens win with p ~ 1
     timings = body["timings_ms"]
-    assert {"decode_image", "preprocess", "generate", "decode_masks", "masks", "total"} <= set(
-        timings
-    )
+    assert {
+        "decode_image",
+        "queue_wait",
+        "preprocess",
+        "generate",
+        "decode_masks",
+        "masks",
+        "total",
+    } <= set(timings)
     assert response.headers["x-request-id"]
 
 

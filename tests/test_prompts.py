@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import BadInput
-from app.prompts import build_prompt, wants_masks
+from app.prompts import build_prompt
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,3 @@ def test_prompts_naming_nothing_are_refused(user: str) -> None:
 def test_prompt_over_the_limit_is_refused_with_the_limit() -> None:
     with pytest.raises(BadInput, match="limit is 10"):
         build_prompt("c" * 11, max_chars=10)
-
-
-def test_only_segment_prompts_want_masks() -> None:
-    assert wants_masks("segment cat") and not wants_masks("detect cat")
