@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "mlx-community/paligemma2-3b-mix-448-8bit"
 # ~22 tokens per object (4 loc + 16 seg + label + separator): room for 8 objects and long labels.
 DEFAULT_MAX_NEW_TOKENS = 256
+
+CommaList = Annotated[list[str], NoDecode]  # "a, b" in the environment, a list in Python
 
 
 class Settings(BaseSettings):
@@ -35,9 +38,36 @@ class Settings(BaseSettings):
     max_queue: int = Field(8, ge=1, description="Requests waiting for the model beyond this: 503.")
     request_timeout_s: float = Field(300.0, gt=0, description="Queue wait + inference: 504.")
     url_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for image_url.")
+    url_total_timeout_s: float = Field(30.0, gt=0, description="Whole image_url download.")
     url_max_redirects: int = Field(3, ge=0)
     warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
     png_compression: int = Field(1, ge=0, le=9, description="Mask PNG zlib level: speed first.")
+
+    # Who may call, and where image_url may point. Lists are comma-separated in the environment.
+    allowed_hosts: CommaList = Field(
+        [], description="Host header values accepted besides loopback names (DNS-rebinding guard)."
+    )
+    allowed_origins: CommaList = Field(
+        [], description="Browser origins allowed to POST (and given CORS headers); '*' for any."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="When set, every endpoint but /health needs 'Authorization: Bearer'."
+    )
+    url_allowlist: CommaList = Field(
+        [], description="Hosts, IPs or CIDRs image_url may reach although private or loopback."
+    )
+
+    @field_validator("allowed_hosts", "allowed_origins", "url_allowlist", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def model_path(self) -> Path:
         """Where `model` lives: itself if it is a directory, else models_dir/<hub id>."""

@@ -119,20 +119,7 @@ class Engine:
     def _load(self) -> None:
         try:
             started = time.perf_counter()
-            model_dir, vae_path = self.settings.model_path(), self.settings.vae_path
-            if not (model_dir / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"Model {self.settings.model!r} not found (looked in {model_dir}). Run "
-                    "`make models` to download it, or `make demo` to try a tiny random model."
-                )
-            self._random_weights = is_random_weights(model_dir)
-            if self._random_weights:
-                log.warning("DEMO MODEL: %s has random weights; outputs are meaningless", model_dir)
-            self._device = device_name()
-            self._model = PaliGemma.load(model_dir)
-            self._decoder = MaskDecoder.load(vae_path)
-            if self.settings.warmup:
-                self._warm_up()
+            self._load_models()
             self._loaded_at = datetime.now(UTC)
             self._state, self._reason = "ok", None
             log.info(
@@ -144,6 +131,22 @@ class Engine:
         except Exception as exc:
             self._state, self._reason = "error", str(exc) or exc.__class__.__name__
             log.exception("model failed to load: %s", self._reason)
+
+    def _load_models(self) -> None:
+        model_dir, vae_path = self.settings.model_path(), self.settings.vae_path
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"Model {self.settings.model!r} not found (looked in {model_dir}). Run "
+                "`make models` to download it, or `make demo` to try a tiny random model."
+            )
+        self._random_weights = is_random_weights(model_dir)
+        if self._random_weights:
+            log.warning("DEMO MODEL: %s has random weights; outputs are meaningless", model_dir)
+        self._device = device_name()
+        self._model = PaliGemma.load(model_dir)
+        self._decoder = MaskDecoder.load(vae_path)
+        if self.settings.warmup:
+            self._warm_up()
 
     def _warm_up(self) -> None:
         """One real generation and one mask decode, so the first request pays no compile cost."""

@@ -50,5 +50,11 @@ class TimedOut(ServiceError):
     status_code = 504
 
 
+class ClientGone(ServiceError):
+    """The client disconnected before the answer was ready (nginx's 499; nobody reads it)."""
+
+    status_code = 499
+
+
 class Cancelled(Exception):
     """A job was abandoned (timeout, client gone, shutdown) and stopped between tokens."""

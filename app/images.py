@@ -29,6 +29,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise TooLarge(f"The image has too many pixels ({exc}).") from exc
     except UnidentifiedImageError as exc:
         raise NotAnImage(f"The upload is not a recognised image; send {SUPPORTED}.") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # a header cut short
+        raise BadInput(f"The image is corrupt or truncated ({exc}); send a complete file.") from exc
     width, height = opened.size
     if width * height > max_pixels:
         raise TooLarge(

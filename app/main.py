@@ -5,29 +5,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
+from app.body_limit import BodyLimit
 from app.config import Settings, get_settings
 from app.engine import Engine, Inference
-from app.errors import BadInput, ServiceError, TooLarge
-from app.fetch import fetch_image_bytes
+from app.errors import BadInput, ClientGone, TooLarge
+from app.fetch import UrlPolicy, fetch_image_bytes
+from app.http_errors import RequestId, install_error_handlers
 from app.images import decode_image
 from app.masks import MaskFormat, encode_mask
 from app.prompts import build_prompt
 from app.schemas import ErrorResponse, HealthResponse, SegmentObject, SegmentResponse
+from app.security import AccessGuard, host_name, is_loopback
 from app.segmentation import place_objects
 
 log = logging.getLogger("app")
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 403, 413, 415, 422, 500, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 500, 503, 504)}
+# The whole body may carry one maximal image plus multipart boundaries and small text fields.
+FORM_OVERHEAD_BYTES = 64 * 1024
+DISCONNECT_POLL_S = 0.25
+T = TypeVar("T")
 
 
 def _version() -> str:
@@ -41,9 +47,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """The service. Tests pass their own settings and engine; `python -m app` uses the defaults."""
     settings = settings or get_settings()
     engine = engine or Engine(settings)
+    url_policy = UrlPolicy(settings.url_allowlist)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not is_loopback(host_name(settings.host)) and settings.api_token is None:
+            log.warning(
+                "listening on %s without SEGMENT_API_TOKEN: anyone who can reach this address "
+                "can use the service",
+                settings.host,
+            )
         engine.start()  # load in the background: /health answers 503 "loading" meanwhile
         yield
         await engine.close()
@@ -56,7 +69,24 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.engine = engine
     app.state.settings = settings
-    _install_error_handlers(app)
+    install_error_handlers(app, settings)
+    # Added last = runs first: CORS answers preflights, the guard refuses strangers, then the
+    # body limit counts bytes as they stream in (before the multipart parser spools them).
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    app.add_middleware(AccessGuard, settings=settings)
+    app.add_middleware(RequestId)
+    if settings.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health() -> JSONResponse:
@@ -98,10 +128,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 f"{settings.model!r} (omit model_id to use it)."
             )
         limit = min(max_new_tokens or settings.max_new_tokens, settings.max_new_tokens)
-        data = await _read_image_source(image_file, image_url, settings)
+        data = await _read_image_source(image_file, image_url, settings, url_policy)
         image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
         decoded = time.perf_counter()
-        inference = await engine.infer(image, task_prompt, limit)
+        inference = await _unless_disconnected(request, engine.infer(image, task_prompt, limit))
         inferred = time.perf_counter()
         objects = await asyncio.to_thread(
             _wire_objects,
@@ -142,7 +172,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
 
 async def _read_image_source(
-    image_file: UploadFile | None, image_url: str | None, settings: Settings
+    image_file: UploadFile | None, image_url: str | None, settings: Settings, policy: UrlPolicy
 ) -> bytes:
     """Exactly one of an upload or a URL, read up to the byte limit."""
     has_url = bool(image_url and image_url.strip())
@@ -159,8 +189,10 @@ async def _read_image_source(
     assert image_url is not None
     return await fetch_image_bytes(
         image_url,
+        policy=policy,
         max_bytes=settings.max_upload_bytes,
         timeout_s=settings.url_timeout_s,
+        total_timeout_s=settings.url_total_timeout_s,
         max_redirects=settings.url_max_redirects,
     )
 
@@ -181,46 +213,16 @@ def _wire_objects(
     ]
 
 
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request.state.request_id = uuid.uuid4().hex[:12]
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        return response
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        log.info("request %s -> %d: %s", _request_id(request), exc.status_code, exc.detail)
-        return JSONResponse(
-            {"detail": exc.detail},
-            status_code=exc.status_code,
-            headers={**exc.headers, "X-Request-ID": _request_id(request)},
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        return JSONResponse(
-            {"detail": f"Invalid request: {problems}."},
-            status_code=422,
-            headers={"X-Request-ID": _request_id(request)},
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        rid = _request_id(request)
-        log.exception("request %s failed", rid, exc_info=exc)
-        return JSONResponse(
-            {"detail": f"Internal error (request id {rid}); the log has the details."},
-            status_code=500,
-            headers={"X-Request-ID": rid},
-        )
-
-
-def _request_id(request: Request) -> str:
-    return getattr(request.state, "request_id", "-")
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, but abandon it (the engine stops generating) once the client has gone."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone("The client closed the connection; the request was abandoned.")
+    finally:
+        if not task.done():
+            task.cancel()

@@ -8,6 +8,9 @@ from app.errors import BadInput
 
 TASKS = ("segment", "detect")
 _CLASS_SEPARATOR = re.compile(r"\s*;\s*")
+# U+FFFD is what undecodable bytes become; C0/C1 controls are never part of a prompt. (Starlette
+# reads multipart fields that are not UTF-8 as Latin-1, whose 0x80-0x9F bytes land in C1.)
+_NOT_TEXT = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def build_prompt(user_prompt: str, *, max_chars: int) -> str:
@@ -16,6 +19,11 @@ def build_prompt(user_prompt: str, *, max_chars: int) -> str:
     PaliGemma 2 mix was trained on exactly this spelling, so stray spaces and empty classes are
     normalised away rather than passed through.
     """
+    if _NOT_TEXT.search(user_prompt):
+        raise BadInput(
+            "prompt is not valid text: send it as UTF-8 (it held undecodable bytes or control "
+            "characters)."
+        )
     text = " ".join(user_prompt.split())
     if not text:
         raise BadInput("prompt is empty; say what to segment, e.g. 'cat' or 'cat ; dog'.")

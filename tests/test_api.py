@@ -27,6 +27,7 @@ from app.paligemma import PaliGemma
 from app.tokens import box_to_pixels
 from tests.forcing import ScriptedOutput
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
+from tests.service import local_client, tiny_settings, wait_healthy
 
 
 def locs(*values: int) -> str:
@@ -41,21 +42,6 @@ CAT_LOC, DOG_LOC = (100, 200, 600, 700), (500, 50, 1000, 400)
 CAT = locs(*CAT_LOC) + segs(*range(100, 116)) + " cat"
 DOG = locs(*DOG_LOC) + segs(*range(16)) + " dog"
 TWO_OBJECTS = f"{CAT} ; {DOG}"
-
-
-def tiny_settings(model_dir: Path, **overrides: object) -> Settings:
-    return Settings(model=str(model_dir), vae_path=model_dir / "vae-oid.npz", **overrides)  # type: ignore[arg-type]
-
-
-def wait_healthy(client: TestClient, timeout_s: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = client.get("/health")
-        if response.status_code == 200:
-            return response.json()  # type: ignore[no-any-return]
-        assert response.json()["status"] == "loading", response.json()
-        time.sleep(0.05)
-    raise AssertionError("the service did not become healthy")
 
 
 class Service:
@@ -83,8 +69,9 @@ def service(tiny_model_dir: Path) -> Iterator[Service]:
     script = ScriptedOutput(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PaliGemma, "load", classmethod(counting_load))
-        engine = Engine(tiny_settings(tiny_model_dir), logits_processors=script.processors)
-        with TestClient(create_app(engine.settings, engine)) as client:
+        settings = tiny_settings(tiny_model_dir, url_allowlist=["127.0.0.1"])
+        engine = Engine(settings, logits_processors=script.processors)
+        with local_client(create_app(engine.settings, engine)) as client:
             wait_healthy(client)
             yield Service(client, script, loads)
 
@@ -305,7 +292,7 @@ class _GatedEngine(Engine):
 
 def test_health_is_503_while_loading_then_200(tiny_model_dir: Path) -> None:
     engine = _GatedEngine(tiny_settings(tiny_model_dir, warmup=False))
-    with TestClient(create_app(engine.settings, engine)) as client:
+    with local_client(create_app(engine.settings, engine)) as client:
         loading = client.get("/health")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
         assert loading.headers["retry-after"]
@@ -326,7 +313,7 @@ def test_missing_model_starts_anyway_and_says_how_to_fix_it(tmp_path: Path) -> N
         models_dir=tmp_path,  # type: ignore[call-arg]
         vae_path=tmp_path / "vae-oid.npz",
     )
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         deadline = time.monotonic() + 30
         while (body := client.get("/health").json())["status"] == "loading":
             assert time.monotonic() < deadline

@@ -20,7 +20,12 @@ def test_configuration_table_defaults_match() -> None:
     rows = dict(re.findall(r"^\| `SEGMENT_([A-Z_]+)` \| `([^`]*)`", README, flags=re.M))
     for name, field in Settings.model_fields.items():
         default = field.default
-        expected = str(default).lower() if isinstance(default, bool) else str(default)
+        if isinstance(default, bool):
+            expected = str(default).lower()
+        elif isinstance(default, list) or default is None:
+            expected = ",".join(default or [])
+        else:
+            expected = str(default)
         assert rows[name.upper()] == expected.removesuffix(".0"), name
 
 
