@@ -110,7 +110,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.post("/segment", response_model=SegmentResponse, responses=ERRORS)  # type: ignore[arg-type]
     async def segment(
         request: Request,
-        prompt: Annotated[str, Form(description="What to find: 'cat', 'cat ; dog', 'detect car'.")],
+        prompt: Annotated[
+            str, Form(min_length=1, description="What to find: 'cat', 'cat ; dog', 'detect car'.")
+        ],
         image_file: Annotated[UploadFile | None, File(description="The image to segment.")] = None,
         image_url: Annotated[str | None, Form(description="Or an http(s) URL of it.")] = None,
         model_id: Annotated[str | None, Form(description="Must name the loaded model.")] = None,
