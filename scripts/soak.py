@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid", type=int, help="its process id, for RSS (with --url)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    server: contextlib.AbstractContextManager[tuple[str, int]]
     if args.url:
         if urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
             parser.error("--url must be a loopback address")
