@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(3, ge=0)
     warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
     png_compression: int = Field(1, ge=0, le=9, description="Mask PNG zlib level: speed first.")
+    dtype: Literal["auto", "float32", "checkpoint"] = Field(
+        "auto", description="auto: float32 on the MLX CPU backend when memory allows."
+    )
+    image_cache_entries: int = Field(16, ge=0, description="Images whose features are kept.")
+    image_cache_mb: int = Field(512, ge=0, description="Memory budget of that cache.")
 
     # Who may call, and where image_url may point. Lists are comma-separated in the environment.
     allowed_hosts: CommaList = Field(

@@ -16,13 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from app.config import Settings
 from app.errors import Busy, Cancelled, NotReady, TimedOut
+from app.feature_cache import FeatureCache
 from app.paligemma import LogitsProcessor, PaliGemma, device_name
 from app.segmentation import decode_masks
 from app.tokens import ParsedObject, parse_pieces
@@ -143,7 +144,11 @@ class Engine:
         if self._random_weights:
             log.warning("DEMO MODEL: %s has random weights; outputs are meaningless", model_dir)
         self._device = device_name()
-        self._model = PaliGemma.load(model_dir)
+        cache: FeatureCache[Any] = FeatureCache(
+            max_entries=self.settings.image_cache_entries,
+            max_bytes=self.settings.image_cache_mb * 1024 * 1024,
+        )
+        self._model = PaliGemma.load(model_dir, dtype=self.settings.dtype, feature_cache=cache)
         self._decoder = MaskDecoder.load(vae_path)
         if self.settings.warmup:
             self._warm_up()
@@ -220,8 +225,7 @@ class Engine:
             raw_masks=raw_masks,
             prompt_tokens=generation.prompt_tokens,
             timings_ms={
-                "preprocess": generation.preprocess_ms,
-                "generate": generation.generate_ms,
+                **generation.timings_ms,
                 "decode_masks": (time.perf_counter() - started) * 1000,
             },
         )

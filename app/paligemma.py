@@ -5,6 +5,7 @@ Everything here touches MLX, so it must run on the engine's single worker thread
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -17,7 +18,9 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from app.dtype_policy import DtypePolicy, apply_dtype_policy
 from app.errors import Cancelled
+from app.feature_cache import FeatureCache
 from app.tokens import LOC_TOKENS, SEG_TOKENS, Piece
 
 log = logging.getLogger(__name__)
@@ -60,36 +63,63 @@ class Generation:
     text: str
     pieces: list[Piece]
     prompt_tokens: int
-    preprocess_ms: float
-    generate_ms: float
+    timings_ms: dict[str, float]  # preprocess, vision (0 when cached), generate
 
 
 class PaliGemma:
     """One resident PaliGemma checkpoint and its processor."""
 
-    def __init__(self, model: Any, processor: Any, layout: TokenLayout) -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        layout: TokenLayout,
+        feature_cache: FeatureCache[mx.array] | None = None,
+    ) -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.layout = layout
+        self.feature_cache = (
+            feature_cache if feature_cache is not None else FeatureCache(max_entries=0, max_bytes=0)
+        )
+        size = processor.image_processor.size
+        self.input_size = (int(size["width"]), int(size["height"]))
+        self.weights_dtype = "checkpoint"
 
     @classmethod
-    def load(cls, path: Path) -> PaliGemma:
+    def load(
+        cls,
+        path: Path,
+        *,
+        dtype: DtypePolicy = "checkpoint",
+        feature_cache: FeatureCache[mx.array] | None = None,
+    ) -> PaliGemma:
         """Load with mlx-vlm from a local directory and make it behave like the reference."""
         from mlx_vlm.utils import load
 
         model, processor = load(str(path))
         match_reference_image_scaling(model)
+        weights_dtype = apply_dtype_policy(model, dtype, device_name())
         tokenizer = processor.tokenizer
         stop_ids = {tokenizer.eos_token_id}
         for token in ("<end_of_turn>",):  # mix checkpoints may end a turn instead
             token_id = tokenizer.convert_tokens_to_ids(token)
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
                 stop_ids.add(token_id)
-        return cls(model, processor, TokenLayout.from_tokenizer(tokenizer, sorted(stop_ids)))
+        layout = TokenLayout.from_tokenizer(tokenizer, sorted(stop_ids))
+        loaded = cls(model, processor, layout, feature_cache)
+        loaded.weights_dtype = weights_dtype
+        return loaded
 
     def prepare(self, image: Image.Image, prompt: str) -> dict[str, mx.array]:
-        """Token ids, attention mask and pixels exactly as the checkpoint's processor makes them."""
+        """Token ids, attention mask and pixels exactly as the checkpoint's processor makes them.
+
+        The image is first resized to the model's input size with the processor's own filter
+        (bicubic), so the processor never turns a 12-megapixel photo into float arrays.
+        """
+        if image.size != self.input_size:
+            image = image.resize(self.input_size, Image.Resampling.BICUBIC)
         # An explicit <image> marks where the image tokens go (the processor warns without it).
         batch = self.processor(images=[image], text=[f"<image>{prompt}"], return_tensors="np")
         return {
@@ -97,6 +127,29 @@ class PaliGemma:
             "mask": mx.array(np.asarray(batch["attention_mask"])),
             "pixel_values": mx.array(np.asarray(batch["pixel_values"])),
         }
+
+    def image_features(self, pixel_values: mx.array) -> mx.array:
+        """Projected image embeddings, cached by pixel content.
+
+        Mirrors the vision half of mlx-vlm's PaliGemma `get_input_embeddings`, which accepts the
+        result back as `cached_image_features`; tests check both paths give identical logits.
+        """
+        pixels = np.asarray(pixel_values)
+        key = hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest() + str(pixels.shape)
+        cached = self.feature_cache.get(key)
+        if cached is not None:
+            return cached
+        embed_dtype = self.model.language_model.model.embed_tokens.weight.dtype
+        if embed_dtype not in (mx.float32, mx.float16, mx.bfloat16):  # quantized embedding
+            embed_dtype = self.model.language_model.model.embed_tokens.scales.dtype
+        hidden, _, _ = self.model.vision_tower(
+            pixel_values.transpose(0, 2, 3, 1).astype(embed_dtype),  # NCHW -> NHWC
+            output_hidden_states=True,
+        )
+        features = self.model.multi_modal_projector(hidden[None, :].astype(pixel_values.dtype))
+        mx.eval(features)
+        self.feature_cache.put(key, features)
+        return features
 
     def generate(
         self,
@@ -113,6 +166,8 @@ class PaliGemma:
         started = time.perf_counter()
         inputs = self.prepare(image, prompt)
         prepared = time.perf_counter()
+        features = self.image_features(inputs["pixel_values"])
+        encoded = time.perf_counter()
         ids: list[int] = []
         probs: list[float] = []
         steps = generate_step(
@@ -123,6 +178,7 @@ class PaliGemma:
             max_tokens=max_new_tokens,
             temperature=0.0,
             logits_processors=list(logits_processors) or None,
+            cached_image_features=features,
         )
         for token, logprobs in steps:
             if cancelled():
@@ -137,8 +193,11 @@ class PaliGemma:
             text="".join(p.text for p in pieces),
             pieces=pieces,
             prompt_tokens=int(inputs["input_ids"].shape[1]),
-            preprocess_ms=(prepared - started) * 1000,
-            generate_ms=(finished - prepared) * 1000,
+            timings_ms={
+                "preprocess": (prepared - started) * 1000,
+                "vision": (encoded - prepared) * 1000,
+                "generate": (finished - encoded) * 1000,
+            },
         )
 
     def pieces(self, ids: Sequence[int], probs: Sequence[float]) -> list[Piece]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 

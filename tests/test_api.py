@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,9 +63,9 @@ def service(tiny_model_dir: Path) -> Iterator[Service]:
     loads: list[Path] = []
     original = PaliGemma.load.__func__  # type: ignore[attr-defined]
 
-    def counting_load(cls: type[PaliGemma], path: Path) -> PaliGemma:
+    def counting_load(cls: type[PaliGemma], path: Path, **options: Any) -> PaliGemma:
         loads.append(path)
-        return original(cls, path)  # type: ignore[no-any-return]
+        return original(cls, path, **options)  # type: ignore[no-any-return]
 
     script = ScriptedOutput(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
     with pytest.MonkeyPatch.context() as mp:
@@ -102,6 +103,7 @@ def test_segment_two_objects_end_to_end(service: Service) -> None:
         "decode_image",
         "queue_wait",
         "preprocess",
+        "vision",
         "generate",
         "decode_masks",
         "masks",
