@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, ge=1, description="Refused before decoding.")
     max_prompt_chars: int = Field(512, ge=1)
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=4096)
+    max_objects_per_class: int = Field(
+        8, ge=1, description="Bounds new tokens per class (~24 tokens per object)."
+    )
     max_queue: int = Field(8, ge=1, description="Requests waiting for the model beyond this: 503.")
     request_timeout_s: float = Field(300.0, gt=0, description="Queue wait + inference: 504.")
     url_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for image_url.")

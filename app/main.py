@@ -22,7 +22,7 @@ from app.fetch import UrlPolicy, fetch_image_bytes
 from app.http_errors import RequestId, install_error_handlers
 from app.images import decode_image
 from app.masks import MaskFormat, encode_mask
-from app.prompts import build_prompt
+from app.prompts import build_prompt, token_budget
 from app.schemas import ErrorResponse, HealthResponse, SegmentObject, SegmentResponse
 from app.security import AccessGuard, host_name, is_loopback
 from app.segmentation import place_objects
@@ -129,7 +129,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 f"model_id {model_id!r} is not served here; this service runs "
                 f"{settings.model!r} (omit model_id to use it)."
             )
-        limit = min(max_new_tokens or settings.max_new_tokens, settings.max_new_tokens)
+        limit = (
+            min(max_new_tokens, settings.max_new_tokens)
+            if max_new_tokens
+            else token_budget(
+                task_prompt,
+                max_objects_per_class=settings.max_objects_per_class,
+                ceiling=settings.max_new_tokens,
+            )
+        )
         data = await _read_image_source(image_file, image_url, settings, url_policy)
         image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
         decoded = time.perf_counter()

@@ -7,6 +7,7 @@ import re
 from app.errors import BadInput
 
 TASKS = ("segment", "detect")
+TOKENS_PER_OBJECT = 24
 _CLASS_SEPARATOR = re.compile(r"\s*;\s*")
 # U+FFFD is what undecodable bytes become; C0/C1 controls are never part of a prompt. (Starlette
 # reads multipart fields that are not UTF-8 as Latin-1, whose 0x80-0x9F bytes land in C1.)
@@ -40,3 +41,12 @@ def build_prompt(user_prompt: str, *, max_chars: int) -> str:
     if not classes:
         raise BadInput(f"prompt '{text}' names nothing to {task}; e.g. '{task} cat'.")
     return f"{task} {' ; '.join(classes)}"
+
+
+def token_budget(task_prompt: str, *, max_objects_per_class: int, ceiling: int) -> int:
+    """New tokens a prompt can need: ~24 per object (4 loc + 16 seg + label + separator).
+
+    Greedy decoding stops at end-of-sequence on its own; this only bounds a runaway output.
+    """
+    classes = task_prompt.split(" ", 1)[1].count(" ; ") + 1
+    return min(ceiling, classes * max_objects_per_class * TOKENS_PER_OBJECT)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import BadInput
-from app.prompts import build_prompt
+from app.prompts import build_prompt, token_budget
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,11 @@ def test_prompts_naming_nothing_are_refused(user: str) -> None:
 def test_prompt_over_the_limit_is_refused_with_the_limit() -> None:
     with pytest.raises(BadInput, match="limit is 10"):
         build_prompt("c" * 11, max_chars=10)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "budget"),
+    [("segment cat", 48), ("segment cat ; dog", 96), ("detect a ; b ; c ; d ; e ; f", 100)],
+)
+def test_token_budget_grows_with_the_classes_asked_for(prompt: str, budget: int) -> None:
+    assert token_budget(prompt, max_objects_per_class=2, ceiling=100) == budget
