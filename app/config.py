@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(3, ge=0)
     warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
     png_compression: int = Field(1, ge=0, le=9, description="Mask PNG zlib level: speed first.")
+    jpeg_draft: bool = Field(
+        True, description="Decode big JPEGs at a DCT scale >= 2x the model input (faster)."
+    )
     dtype: Literal["auto", "float32", "checkpoint"] = Field(
         "auto", description="auto: float32 on the MLX CPU backend when memory allows."
     )

@@ -105,6 +105,11 @@ class Engine:
             event.set()
         await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
 
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The model's image input (width, height) once loaded; decoding needs no more pixels."""
+        return self._model.input_size if self._model is not None else None
+
     def status(self) -> EngineStatus:
         return EngineStatus(
             state=self._state,

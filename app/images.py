@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -11,13 +12,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from app.errors import BadInput, NotAnImage, TooLarge
 
 SUPPORTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+EXIF_ORIENTATION = 0x0112  # values 5-8 swap width and height
 _WHITE = (255, 255, 255)
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # upright RGB; smaller than width x height when decoded in draft mode
+    width: int  # the image as sent, EXIF orientation applied: boxes and masks use this size
+    height: int
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int, draft_to: tuple[int, int] | None = None
+) -> DecodedImage:
     """Decode, check the pixel count before decoding any pixels, apply EXIF orientation, make RGB.
 
-    Multi-frame images (animated GIF, multi-page TIFF) use their first frame.
+    Multi-frame images (animated GIF, multi-page TIFF) use their first frame. With `draft_to`
+    (the model's input size), a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+    stays at least twice that size each way: the model never sees more pixels than that, and
+    decoding a 12-megapixel photo that way is several times faster.
     """
     if not data:
         raise BadInput("The image is empty (0 bytes); send the file's contents.")
@@ -41,11 +55,15 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise BadInput(f"The image has no pixels ({width}x{height}).")
     try:
         opened.seek(0)
+        if draft_to is not None and opened.format == "JPEG":
+            opened.draft("RGB", (2 * max(draft_to), 2 * max(draft_to)))
         opened.load()
+        turned = opened.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
         image = ImageOps.exif_transpose(opened)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInput(f"The image is corrupt or truncated ({exc}); send a complete file.") from exc
-    return to_rgb(image)
+    upright = (height, width) if turned else (width, height)
+    return DecodedImage(to_rgb(image), *upright)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from app.body_limit import BodyLimit
 from app.config import Settings, get_settings
-from app.engine import Engine, Inference
+from app.engine import Engine
 from app.errors import BadInput, ClientGone, TooLarge
 from app.fetch import UrlPolicy, fetch_image_bytes
 from app.http_errors import RequestId, install_error_handlers
@@ -25,7 +26,8 @@ from app.masks import MaskFormat, encode_mask
 from app.prompts import build_prompt, token_budget
 from app.schemas import ErrorResponse, HealthResponse, SegmentObject, SegmentResponse
 from app.security import AccessGuard, host_name, is_loopback
-from app.segmentation import place_objects
+from app.segmentation import pair_masks, place_object
+from app.tokens import ParsedObject
 
 log = logging.getLogger("app")
 
@@ -139,17 +141,31 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             )
         )
         data = await _read_image_source(image_file, image_url, settings, url_policy)
-        image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_image_pixels)
+        source = await asyncio.to_thread(
+            decode_image,
+            data,
+            max_pixels=settings.max_image_pixels,
+            draft_to=engine.input_size if settings.jpeg_draft else None,
+        )
         decoded = time.perf_counter()
-        inference = await _unless_disconnected(request, engine.infer(image, task_prompt, limit))
+        inference = await _unless_disconnected(
+            request, engine.infer(source.image, task_prompt, limit)
+        )
         inferred = time.perf_counter()
-        objects = await asyncio.to_thread(
-            _wire_objects,
-            inference,
-            image.width,
-            image.height,
-            mask_format,
-            settings.png_compression,
+        # One thread per object: OpenCV and NumPy release the GIL, so masks place in parallel.
+        objects = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    _wire_object,
+                    obj,
+                    raw,
+                    source.width,
+                    source.height,
+                    mask_format,
+                    settings.png_compression,
+                )
+                for obj, raw in pair_masks(inference.objects, inference.raw_masks)
+            )
         )
         worker_ms = sum(inference.timings_ms.values())
         timings = {
@@ -163,16 +179,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             "request %s prompt_chars=%d image=%dx%d objects=%d %s",
             request.state.request_id,
             len(prompt),
-            image.width,
-            image.height,
+            source.width,
+            source.height,
             len(objects),
             " ".join(f"{k}={v:.1f}ms" for k, v in timings.items()),
         )
         return SegmentResponse(
             model=settings.model,
             prompt=task_prompt,
-            width=image.width,
-            height=image.height,
+            width=source.width,
+            height=source.height,
             text=inference.text,
             objects=objects,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
@@ -207,20 +223,19 @@ async def _read_image_source(
     )
 
 
-def _wire_objects(
-    inference: Inference, width: int, height: int, fmt: MaskFormat, png_compression: int
-) -> list[SegmentObject]:
+def _wire_object(
+    obj: ParsedObject,
+    raw_mask: np.ndarray | None,
+    width: int,
+    height: int,
+    fmt: MaskFormat,
+    png_compression: int,
+) -> SegmentObject:
     """Full-resolution placement and encoding; numpy/OpenCV only, so it runs off the MLX thread."""
-    placed = place_objects(inference.objects, inference.raw_masks, width, height)
-    return [
-        SegmentObject(
-            label=o.label,
-            box=o.box,
-            mask=None if o.mask is None else encode_mask(o.mask, fmt, png_compression),
-            score=None if o.score is None else round(o.score, 4),
-        )
-        for o in placed
-    ]
+    placed = place_object(obj, raw_mask, width, height)
+    mask = None if placed.mask is None else encode_mask(placed.mask, fmt, png_compression)
+    score = None if placed.score is None else round(placed.score, 4)
+    return SegmentObject(label=placed.label, box=placed.box, mask=mask, score=score)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -18,26 +18,40 @@ def place_mask(
 ) -> np.ndarray | None:
     """Resize a raw 64x64 decoder output into its pixel box and threshold it.
 
-    Thresholding the raw output at 0 equals big_vision's 0.5 on `x * 0.5 + 0.5`. PIL's bilinear
-    filter is used because it antialiases when shrinking (OpenCV's does not). Returns a
+    Thresholding the raw output at 0 equals big_vision's 0.5 on `x * 0.5 + 0.5`. Bilinear, as
+    big_vision does: OpenCV's when enlarging both ways (same values, several times faster),
+    PIL's when shrinking, because it antialiases and OpenCV's bilinear does not. Returns a
     [height, width] bool mask that is False outside the box, or None for an empty box.
     """
     x0, y0, x1, y1 = box
     if x1 <= x0 or y1 <= y0:
         return None
-    resized = Image.fromarray(raw.astype(np.float32, copy=False), mode="F").resize(
-        (x1 - x0, y1 - y0), Image.Resampling.BILINEAR
-    )
+    size = (x1 - x0, y1 - y0)
+    raw = raw.astype(np.float32, copy=False)
+    if size[0] >= raw.shape[1] and size[1] >= raw.shape[0]:
+        resized = cv2.resize(raw, size, interpolation=cv2.INTER_LINEAR)
+    else:
+        resized = np.asarray(Image.fromarray(raw, mode="F").resize(size, Image.Resampling.BILINEAR))
     mask = np.zeros((height, width), dtype=bool)
-    mask[y0:y1, x0:x1] = np.asarray(resized) > 0.0  # (box_h, box_w)
+    mask[y0:y1, x0:x1] = resized > 0.0  # (box_h, box_w)
     return mask
 
 
 def encode_png(mask: np.ndarray, compression: int = 1) -> str:
-    """Base64 of a single-channel 8-bit PNG (0 / 255), the size of the image."""
-    ok, buffer = cv2.imencode(
-        ".png", mask.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, compression]
-    )
+    """Base64 of a single-channel 8-bit PNG (0 / 255), the size of the image.
+
+    No row filter and run-length zlib: a two-valued image needs neither prediction nor string
+    matching, and this is ~3x faster than OpenCV's defaults and half the size (12 MP: ~58 ms).
+    """
+    params = [
+        cv2.IMWRITE_PNG_COMPRESSION,
+        compression,
+        cv2.IMWRITE_PNG_FILTER,
+        cv2.IMWRITE_PNG_FILTER_NONE,
+        cv2.IMWRITE_PNG_STRATEGY,
+        cv2.IMWRITE_PNG_STRATEGY_RLE,
+    ]
+    ok, buffer = cv2.imencode(".png", mask.view(np.uint8) * 255, params)
     if not ok:  # pragma: no cover - OpenCV only fails here on an empty array
         raise RuntimeError("PNG encoding failed")
     return base64.b64encode(buffer.tobytes()).decode("ascii")

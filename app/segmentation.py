@@ -38,15 +38,23 @@ def place_objects(
     objects: Sequence[ParsedObject], raw_masks: np.ndarray, width: int, height: int
 ) -> list[SegmentedObject]:
     """Boxes to pixels; each raw mask (one per object with codes, in order) pasted into its box."""
-    placed: list[SegmentedObject] = []
-    next_mask = iter(raw_masks)
-    for obj in objects:
-        box = box_to_pixels(obj.loc, width, height)
-        mask = None
-        if obj.codes is not None:
-            mask = place_mask(next(next_mask), box, width, height)
-        placed.append(SegmentedObject(label=obj.label, box=box, mask=mask, score=obj.score))
-    return placed
+    return [place_object(o, raw, width, height) for o, raw in pair_masks(objects, raw_masks)]
+
+
+def pair_masks(
+    objects: Sequence[ParsedObject], raw_masks: np.ndarray
+) -> list[tuple[ParsedObject, np.ndarray | None]]:
+    """Each object with its raw mask (decode_masks returns one per object that has codes)."""
+    remaining = iter(raw_masks)
+    return [(o, None if o.codes is None else next(remaining)) for o in objects]
+
+
+def place_object(
+    obj: ParsedObject, raw_mask: np.ndarray | None, width: int, height: int
+) -> SegmentedObject:
+    box = box_to_pixels(obj.loc, width, height)
+    mask = None if raw_mask is None else place_mask(raw_mask, box, width, height)
+    return SegmentedObject(label=obj.label, box=box, mask=mask, score=obj.score)
 
 
 def objects_from_pieces(

@@ -35,24 +35,24 @@ LIMIT = 50_000_000
     ],
 )
 def test_common_formats_and_modes_become_rgb(fmt: str, mode: str) -> None:
-    image = decode_image(image_bytes(gradient(40, 30, mode), fmt), max_pixels=LIMIT)
+    image = decode_image(image_bytes(gradient(40, 30, mode), fmt), max_pixels=LIMIT).image
     assert image.mode == "RGB" and image.size == (40, 30)
 
 
 def test_transparency_is_composited_on_white() -> None:
     rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    image = decode_image(image_bytes(rgba), max_pixels=LIMIT)
+    image = decode_image(image_bytes(rgba), max_pixels=LIMIT).image
     assert image.getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped() -> None:
     levels = np.full((4, 4), 32768, np.uint16)  # mid grey in 16 bits
-    image = decode_image(image_bytes(Image.fromarray(levels)), max_pixels=LIMIT)
+    image = decode_image(image_bytes(Image.fromarray(levels)), max_pixels=LIMIT).image
     assert abs(image.getpixel((0, 0))[0] - 128) <= 1
 
 
 def test_exif_orientation_is_applied() -> None:
-    image = decode_image(exif_rotated_jpeg(64, 48, orientation=6), max_pixels=LIMIT)
+    image = decode_image(exif_rotated_jpeg(64, 48, orientation=6), max_pixels=LIMIT).image
     assert image.size == (48, 64)
 
 
@@ -60,7 +60,7 @@ def test_first_frame_of_an_animated_gif() -> None:
     frames = [Image.new("RGB", (10, 10), c) for c in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    r, _g, b = decode_image(buffer.getvalue(), max_pixels=LIMIT).getpixel((5, 5))
+    r, _g, b = decode_image(buffer.getvalue(), max_pixels=LIMIT).image.getpixel((5, 5))
     assert r > 200 and b < 50
 
 
@@ -110,5 +110,25 @@ def test_pixel_limit_is_configurable() -> None:
 
 
 def test_tiny_and_extreme_aspect_images_decode() -> None:
-    assert decode_image(image_bytes(gradient(1, 1)), max_pixels=LIMIT).size == (1, 1)
-    assert decode_image(image_bytes(gradient(10000, 1)), max_pixels=LIMIT).size == (10000, 1)
+    assert decode_image(image_bytes(gradient(1, 1)), max_pixels=LIMIT).image.size == (1, 1)
+    assert decode_image(image_bytes(gradient(10000, 1)), max_pixels=LIMIT).image.size == (10000, 1)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_jpeg_draft_decodes_small_but_reports_the_full_upright_size(orientation: int) -> None:
+    data = exif_rotated_jpeg(2000, 1500, orientation=orientation)
+    full = decode_image(data, max_pixels=LIMIT)
+    draft = decode_image(data, max_pixels=LIMIT, draft_to=(224, 224))
+    upright = (1500, 2000) if orientation == 6 else (2000, 1500)
+    assert (full.width, full.height) == (draft.width, draft.height) == upright
+    assert full.image.size == upright
+    assert min(draft.image.size) >= 448 and draft.image.size[0] * 2 <= upright[0]  # DCT-scaled
+    # What the model sees (after its own resize) barely changes.
+    a = np.asarray(full.image.resize((224, 224), Image.Resampling.BICUBIC), np.float32)
+    b = np.asarray(draft.image.resize((224, 224), Image.Resampling.BICUBIC), np.float32)
+    assert np.abs(a - b).mean() < 2.0  # of 255
+
+
+def test_draft_leaves_other_formats_alone() -> None:
+    png = decode_image(image_bytes(gradient(1000, 800)), max_pixels=LIMIT, draft_to=(224, 224))
+    assert png.image.size == (1000, 800)

@@ -90,3 +90,16 @@ def test_polygons_trace_the_outline() -> None:
 
 def test_encode_mask_none_format() -> None:
     assert encode_mask(np.ones((2, 2), bool), "none") is None
+
+
+@pytest.mark.parametrize("box", [(0, 0, 640, 480), (10, 20, 70, 90), (5, 5, 300, 40)])
+def test_placement_matches_the_pil_bilinear_reference(box: tuple[int, int, int, int]) -> None:
+    """OpenCV serves the enlarging case; it must agree with PIL's bilinear (big_vision's)."""
+    raw = np.random.default_rng(1).normal(0, 1, (64, 64)).astype(np.float32)
+    x0, y0, x1, y1 = box
+    reference = np.asarray(
+        Image.fromarray(raw, mode="F").resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
+    )
+    mask = place_mask(raw, box, 640, 480)
+    assert mask is not None
+    assert (mask[y0:y1, x0:x1] == (reference > 0)).mean() > 0.999

@@ -1,0 +1,238 @@
+"""`make bench`: time every stage, write bench/results.json and bench/RESULTS.md.
+
+    python -m scripts.benchmark [--quick] [--real-size] [--out bench]
+
+Default stages run on the tiny random model and finish in a few minutes on 2 CPU cores:
+mask decode (batched vs per object vs NumPy), request overhead at 640x480 and 12 MP, and a
+repeated image. --real-size adds PaliGemma 2 3B with random weights (built locally, never
+downloaded): slow on a CPU, minutes per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+THREE_OBJECTS = (
+    "<loc0100><loc0200><loc0600><loc0700>{s0} cat ; "
+    "<loc0500><loc0050><loc1000><loc0400>{s1} dog ; "
+    "<loc0050><loc0600><loc0300><loc0950>{s2} left wheel"
+)
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    """Median and range, in the unit given, rounded for reading."""
+    return {
+        "median": round(statistics.median(samples), 2),
+        "min": round(min(samples), 2),
+        "max": round(max(samples), 2),
+        "runs": len(samples),
+    }
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def machine() -> dict[str, Any]:
+    import mlx.core as mx
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": __import__("os").cpu_count(),
+        "mlx_device": str(mx.default_device()),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("mlx", "mlx-vlm", "numpy", "fastapi")},
+    }
+
+
+# -- stage 2 and 4: requests through the HTTP app on the tiny model -------------------------
+def jpeg(width: int, height: int) -> bytes:
+    """A photo-like JPEG: smooth gradients plus noise, so it compresses like a real one."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, (x + y) / (width + height)], -1) * 200
+    noise = np.random.default_rng(0).normal(0, 12, (height, width, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@contextmanager
+def tiny_service(model_dir: Path) -> Iterator[tuple[Any, Any]]:
+    """The real app and engine on the tiny model, made to say THREE_OBJECTS."""
+    from fastapi.testclient import TestClient
+    from transformers import AutoTokenizer
+
+    from app.config import Settings
+    from app.engine import Engine
+    from app.main import create_app
+    from scripts.scripted_output import ScriptedOutput
+
+    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)))
+    codes = ["".join(f"<seg{(7 * i + j) % 128:03d}>" for j in range(16)) for i in range(3)]
+    script.text = THREE_OBJECTS.format(s0=codes[0], s1=codes[1], s2=codes[2])
+    settings = Settings(model=str(model_dir), vae_path=model_dir / "vae-oid.npz")
+    engine = Engine(settings, logits_processors=script.processors)
+    with TestClient(create_app(settings, engine), base_url="http://127.0.0.1:8000") as client:
+        while client.get("/health").status_code != 200:
+            time.sleep(0.05)
+        yield client, script
+
+
+def request_overhead(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
+    """Where the time of one 3-object request goes, at 640x480 and 12 MP."""
+    rows = []
+    with tiny_service(model_dir) as (client, _):
+        for width, height in ((640, 480), (4000, 3000)):
+            data = jpeg(width, height)
+            stages: dict[str, list[float]] = {}
+            walls: list[float] = []
+            for index in range(repeats + 1):
+                started = time.perf_counter()
+                response = client.post("/segment", data={"prompt": "cat ; dog ; left wheel"},
+                                       files={"image_file": ("photo.jpg", data)})
+                wall = (time.perf_counter() - started) * 1000
+                body = response.json()
+                assert response.status_code == 200 and len(body["objects"]) == 3, body
+                if index == 0:
+                    continue  # the first request of a size warms caches; not counted
+                walls.append(wall)
+                for stage, ms in body["timings_ms"].items():
+                    stages.setdefault(stage, []).append(ms)
+            model_ms = [v + g for v, g in zip(stages["vision"], stages["generate"], strict=True)]
+            outside = [w - m for w, m in zip(walls, model_ms, strict=True)]
+            rows.append({
+                "image": f"{width}x{height}",
+                "upload_bytes": len(data),
+                "http_wall_ms": summary(walls),
+                "stages_ms": {k: summary(v) for k, v in stages.items()},
+                "all_but_model_ms": summary(outside),
+            })
+    return rows
+
+
+def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
+    """A second prompt on the same image: the vision tower's output comes from the cache."""
+    data = jpeg(640, 480)
+    first, second = [], []
+    with tiny_service(model_dir) as (client, _):
+        for index in range(repeats):
+            picture = jpeg(640, 480 + index + 1)  # a new image each round: a cache miss
+            for target, payload in ((first, picture), (second, picture)):
+                body = client.post("/segment", data={"prompt": "cat"},
+                                   files={"image_file": ("p.jpg", payload)}).json()
+                target.append(body["timings_ms"])
+    del data
+    return {
+        "first_prompt_vision_ms": summary([t["vision"] for t in first]),
+        "second_prompt_vision_ms": summary([t["vision"] for t in second]),
+        "first_prompt_total_ms": summary([t["total"] for t in first]),
+        "second_prompt_total_ms": summary([t["total"] for t in second]),
+    }
+
+
+# -- report -----------------------------------------------------------------------------------
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['cpu']}, {meta['cores']} cores, {meta['platform']}",
+        f"- MLX device: {meta['mlx_device']}; versions: "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "- numbers: median over repeated runs after warm-up, (min–max) in brackets",
+        "",
+    ]
+    if "mask_decode" in results:
+        lines += ["## Mask decode (ms per request)", "", *results["mask_decode_table"], ""]
+    for row in results.get("request_overhead", []):
+        stages = row["stages_ms"]
+        lines += [
+            f"## Request overhead, {row['image']} upload ({row['upload_bytes']:,} bytes), "
+            "3 objects, tiny model",
+            "",
+            "| stage | median ms | min–max |",
+            "|---|---:|---:|",
+            *(f"| {name} | {s['median']} | {s['min']}–{s['max']} |" for name, s in stages.items()),
+            f"| HTTP wall time (TestClient) | {row['http_wall_ms']['median']} | "
+            f"{row['http_wall_ms']['min']}–{row['http_wall_ms']['max']} |",
+            f"| **everything but the model (wall − vision − generate)** | "
+            f"**{row['all_but_model_ms']['median']}** | "
+            f"{row['all_but_model_ms']['min']}–{row['all_but_model_ms']['max']} |",
+            "",
+        ]
+    if "repeated_image" in results:
+        r = results["repeated_image"]
+        lines += [
+            "## Repeated image (second prompt on the same image)",
+            "",
+            "| | first prompt | second prompt |",
+            "|---|---:|---:|",
+            f"| vision tower ms | {r['first_prompt_vision_ms']['median']} | "
+            f"{r['second_prompt_vision_ms']['median']} |",
+            f"| total ms | {r['first_prompt_total_ms']['median']} | "
+            f"{r['second_prompt_total_ms']['median']} |",
+            "",
+        ]
+    lines += results.get("notes", [])
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--real-size", action="store_true", help="add PaliGemma 2 3B (slow)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench")
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else 7
+
+    from scripts.make_tiny_model import build_tiny_model
+
+    results: dict[str, Any] = {"machine": machine()}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "tiny")
+        print("request overhead ...", flush=True)
+        results["request_overhead"] = request_overhead(model_dir, repeats)
+        print("repeated image ...", flush=True)
+        results["repeated_image"] = repeated_image(model_dir, repeats)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "RESULTS.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
