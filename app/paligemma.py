@@ -26,6 +26,7 @@ from app.tokens import LOC_TOKENS, SEG_TOKENS, Piece
 log = logging.getLogger(__name__)
 
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+PROMPT_CACHE_ENTRIES = 256  # tokenized prompts kept (a few KB each)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class PaliGemma:
         size = processor.image_processor.size
         self.input_size = (int(size["width"]), int(size["height"]))
         self.weights_dtype = "checkpoint"
+        self._prompt_cache: dict[str, tuple[mx.array, mx.array]] = {}
 
     @classmethod
     def load(
@@ -120,13 +122,26 @@ class PaliGemma:
         """
         if image.size != self.input_size:
             image = image.resize(self.input_size, Image.Resampling.BICUBIC)
-        # An explicit <image> marks where the image tokens go (the processor warns without it).
-        batch = self.processor(images=[image], text=[f"<image>{prompt}"], return_tensors="np")
-        return {
-            "input_ids": mx.array(np.asarray(batch["input_ids"])),
-            "mask": mx.array(np.asarray(batch["attention_mask"])),
-            "pixel_values": mx.array(np.asarray(batch["pixel_values"])),
-        }
+        input_ids, mask = self._prompt_tokens(prompt)
+        pixels = self.processor.image_processor([image], return_tensors="np")["pixel_values"]
+        return {"input_ids": input_ids, "mask": mask, "pixel_values": mx.array(np.asarray(pixels))}
+
+    def _prompt_tokens(self, prompt: str) -> tuple[mx.array, mx.array]:
+        """The processor's ids and mask for a prompt: they do not depend on the image, so they
+        are made once per prompt (the full processor call costs ~10 ms, mostly overhead)."""
+        cached = self._prompt_cache.get(prompt)
+        if cached is None:
+            # An explicit <image> marks where the image tokens go (the processor warns without it).
+            blank = Image.new("RGB", self.input_size)
+            batch = self.processor(images=[blank], text=[f"<image>{prompt}"], return_tensors="np")
+            cached = (
+                mx.array(np.asarray(batch["input_ids"])),
+                mx.array(np.asarray(batch["attention_mask"])),
+            )
+            if len(self._prompt_cache) >= PROMPT_CACHE_ENTRIES:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+            self._prompt_cache[prompt] = cached
+        return cached
 
     def image_features(self, pixel_values: mx.array) -> mx.array:
         """Projected image embeddings, cached by pixel content.

@@ -89,3 +89,15 @@ def test_bfloat16_weights_widened_to_float32_give_the_same_greedy_output(
     in_float32 = [text for text, _ in generated(half, noise(6), "segment cat")]
     assert in_float32 == in_half
     assert apply_dtype_policy(half.model, "auto", "cpu").startswith("checkpoint (no half")
+
+
+@pytest.mark.parametrize("prompt", ["segment cat", "detect left wheel ; tyre"])
+def test_prepare_equals_the_processor(uncached: PaliGemma, prompt: str) -> None:
+    image = noise(7).resize(uncached.input_size)
+    ours = uncached.prepare(image, prompt)
+    ours_again = uncached.prepare(image, prompt)  # from the prompt cache
+    batch = uncached.processor(images=[image], text=[f"<image>{prompt}"], return_tensors="np")
+    for inputs in (ours, ours_again):
+        assert np.array_equal(np.asarray(inputs["input_ids"]), np.asarray(batch["input_ids"]))
+        assert np.array_equal(np.asarray(inputs["mask"]), np.asarray(batch["attention_mask"]))
+        assert np.array_equal(np.asarray(inputs["pixel_values"]), np.asarray(batch["pixel_values"]))
