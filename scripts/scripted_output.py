@@ -1,4 +1,4 @@
-"""Make a random model 'say' a chosen output, so the real pipeline runs on a known sequence.
+"""Make a random model "say" a chosen output, so the real pipeline runs on a known sequence.
 
 Random weights never emit a valid `<loc>x4 <seg>x16 label` sequence by themselves; a logits
 processor that makes the scripted token win each greedy step exercises the real generation,

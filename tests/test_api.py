@@ -1,7 +1,7 @@
 """End to end over HTTP: TestClient runs the lifespan, the tiny random model runs for real.
 
-The model is forced (tests/forcing.py) to say a known sequence, so generation, parsing, mask
-decoding, placement and encoding all run on output whose right answer we know.
+The model is forced (scripts/scripted_output.py) to say a known sequence, so generation,
+parsing, mask decoding, placement and encoding all run on output whose right answer we know.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from app.engine import Engine
 from app.main import create_app
 from app.paligemma import PaliGemma
 from app.tokens import box_to_pixels
-from tests.forcing import ScriptedOutput
+from scripts.scripted_output import ScriptedOutput
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
 from tests.service import local_client, tiny_settings, wait_healthy
 
