@@ -20,12 +20,15 @@ test: $(STAMP)  ## The whole suite (the torch parity test runs when `pip install
 	$(PY) -m pytest
 
 demo: $(STAMP)  ## Serve a tiny RANDOM-WEIGHT model: every code path runs, the masks mean nothing
-	$(PY) scripts/make_tiny_model.py $(DEMO_DIR)
+	$(PY) -m scripts.make_tiny_model $(DEMO_DIR)
 	@echo "*** DEMO: random weights, outputs are meaningless. Use 'make models' + 'make serve' for the real model. ***"
 	SEGMENT_MODEL=$(DEMO_DIR) SEGMENT_VAE_PATH=$(DEMO_DIR)/vae-oid.npz $(PY) -m app
 
 models: $(STAMP)  ## Download the PaliGemma 2 mix checkpoint and vae-oid.npz into models/
-	$(PY) scripts/download_models.py
+	$(PY) -m scripts.download_models
+
+bench: $(STAMP)  ## Time every stage on the tiny model; writes bench/results.json and bench/RESULTS.md
+	$(PY) -m scripts.benchmark $(BENCH_FLAGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -34,3 +37,22 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# macOS login agent (launchd). uninstall/status need only the standard library, so they fall
+# back to $(PYTHON) when .venv is gone (after `make clean`).
+AGENT := -m scripts.launchd_agent
+AGENT_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+.PHONY: install-agent uninstall-agent agent-status agent-plist
+
+install-agent: $(STAMP)  ## Run the service at login (launchd); SEGMENT_* variables set now are kept
+	$(PY) $(AGENT) install
+
+uninstall-agent:  ## Stop the login agent and remove its plist (nothing installed: no error)
+	$(AGENT_PY) $(AGENT) uninstall
+
+agent-status:  ## Loaded? PID, last exit code, log path, /health
+	@$(AGENT_PY) $(AGENT) status
+
+agent-plist: $(STAMP)  ## Print the plist install-agent would write (any OS; installs nothing)
+	@$(PY) $(AGENT) print-plist
