@@ -98,11 +98,19 @@ class Engine:
         await self.start()
         return self.status()
 
-    async def close(self) -> None:
-        """Stop taking work, abandon queued and running jobs between tokens, release the thread."""
+    def abandon_all(self) -> None:
+        """Stop taking work; queued and running jobs stop between tokens and answer 503.
+
+        Called when a graceful shutdown's drain time is up, while their requests can still
+        be answered, and again by `close`.
+        """
         self._state, self._reason = "error", "shutting down"
         for event in list(self._cancel_events):
             event.set()
+
+    async def close(self) -> None:
+        """Abandon all jobs and release the worker thread."""
+        self.abandon_all()
         await asyncio.to_thread(self._worker.shutdown, wait=True, cancel_futures=True)
 
     @property
