@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     jpeg_draft: bool = Field(
         True, description="Decode big JPEGs at a DCT scale >= 2x the model input (faster)."
     )
+    blas: Literal["auto", "bundled"] = Field(
+        "auto", description="Linux: run MLX's CPU backend on OpenBLAS (read by `python -m app`)."
+    )
     dtype: Literal["auto", "float32", "checkpoint"] = Field(
         "auto", description="auto: float32 on the MLX CPU backend when memory allows."
     )

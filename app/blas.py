@@ -1,0 +1,48 @@
+"""Linux only, at process start: run MLX's CPU backend on OpenBLAS instead of its reference BLAS.
+
+The Linux `mlx[cpu]` wheel calls a bundled reference BLAS: float32 matmul ran at ~3 GFLOP/s on
+this 2-core machine, ~60-90 GFLOP/s with OpenBLAS loaded first. opencv-python-headless, already a
+dependency, ships an OpenBLAS exporting the standard cblas symbols, so `python -m app` re-executes
+itself once with it in LD_PRELOAD. This is launch packaging, not pipeline: macOS (Metal and
+Accelerate) is never touched, and SEGMENT_BLAS=bundled turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+
+MARKER = "SEGMENT_BLAS_PRELOADED"  # set on the re-executed process: never loop
+
+
+def find_openblas() -> Path | None:
+    """OpenBLAS from the opencv wheel next to us, else a system one, else None."""
+    spec = importlib.util.find_spec("cv2")
+    if spec is not None and spec.origin:
+        site = Path(spec.origin).resolve().parent.parent
+        for libs in ("opencv_python_headless.libs", "opencv_python.libs"):
+            found = sorted((site / libs).glob("libopenblas*.so*"))
+            if found:
+                return found[0]
+    system = ctypes.util.find_library("openblas")
+    return Path(system) if system and Path(system).is_absolute() else None
+
+
+def preload_environment(
+    environ: Mapping[str, str], platform: str, library: Path | None
+) -> dict[str, str] | None:
+    """The environment to re-execute with, or None to run as we are."""
+    if not platform.startswith("linux") or library is None:
+        return None
+    if environ.get("SEGMENT_BLAS", "auto").lower() == "bundled" or environ.get(MARKER):
+        return None
+    preload = environ.get("LD_PRELOAD", "")
+    if "openblas" in preload:
+        return None  # the user already chose a BLAS
+    return {
+        **environ,
+        "LD_PRELOAD": f"{library}:{preload}" if preload else str(library),
+        MARKER: str(library),
+    }
