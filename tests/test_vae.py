@@ -1,14 +1,17 @@
 """The MLX VQ-VAE decoder against an independent NumPy reference with PyTorch semantics.
 
 The reference works on the checkpoint's PyTorch-layout arrays in NCHW and implements each
-layer by its definition, so it shares no transposes or layout choices with `app.vae`.
+layer by its definition, so it shares no transposes or layout choices with `app.vae`. Both
+formulations ("conv" and "matmul") are checked against it and against each other.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -18,7 +21,9 @@ from scripts.random_vae import main as random_vae_main
 from scripts.random_vae import write_random_vae
 
 TOL = 1e-4
+SAME_TOL = 1e-5  # between the two MLX formulations: same float32 math, other summation order
 SMALL_DIM = 32  # codebook width for the fast tests; one test runs the real 512
+FORMULATIONS = get_args(vae.Formulation)  # ("conv", "matmul")
 
 
 # --- NumPy reference (PyTorch semantics, NCHW, float64) -------------------------------------
@@ -91,8 +96,16 @@ def small_ckpt(small_path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def small_decoder(small_path: Path) -> MaskDecoder:
-    return MaskDecoder.load(small_path)
+def small_decoders(small_path: Path) -> dict[str, MaskDecoder]:
+    return {f: MaskDecoder.load(small_path, upsample=f) for f in FORMULATIONS}
+
+
+@pytest.fixture(scope="module", params=FORMULATIONS)
+def small_decoder(request: pytest.FixtureRequest, small_decoders: dict) -> MaskDecoder:
+    """Each test that takes this runs once per formulation."""
+    decoder: MaskDecoder = small_decoders[request.param]
+    assert decoder.formulation == request.param
+    return decoder
 
 
 def _codes(n: int, seed: int = 0) -> np.ndarray:
@@ -107,24 +120,86 @@ def _save(path: Path, tensors: dict[str, Any]) -> Path:
 # --- parity ----------------------------------------------------------------------------------
 
 
-def test_matches_numpy_reference(small_decoder: MaskDecoder, small_ckpt: dict) -> None:
-    codes = _codes(5, seed=1)
-    out = small_decoder.decode(codes)
-    assert out.shape == (5, 64, 64)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, reference_decode(small_ckpt, codes), rtol=0, atol=TOL)
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_formulations_match_reference_and_each_other(
+    small_decoders: dict[str, MaskDecoder], small_ckpt: dict, n: int
+) -> None:
+    codes = _codes(n, seed=n)
+    ref = reference_decode(small_ckpt, codes)
+    out = {f: d.decode(codes) for f, d in small_decoders.items()}
+    for f, maps in out.items():
+        assert maps.shape == (n, 64, 64), f
+        assert maps.dtype == np.float32, f
+        np.testing.assert_allclose(maps, ref, rtol=0, atol=TOL, err_msg=f)
+    np.testing.assert_allclose(out["matmul"], out["conv"], rtol=0, atol=SAME_TOL)
     # The random checkpoint must give non-trivial masks, or parity would prove little.
-    assert 0.02 < (out > 0).mean() < 0.98
+    assert 0.02 < (out["conv"] > 0).mean() < 0.98
 
 
 def test_matches_numpy_reference_at_full_size(tmp_path: Path) -> None:
     path = write_random_vae(tmp_path / "vae-oid.npz", seed=3, embedding_dim=512)
-    decoder = MaskDecoder.load(path)
-    assert (decoder.num_embeddings, decoder.embedding_dim) == (128, 512)
     codes = _codes(3, seed=2)
     with np.load(path) as npz:
         ref = reference_decode(dict(npz), codes)
-    np.testing.assert_allclose(decoder.decode(codes), ref, rtol=0, atol=TOL)
+    out = {}
+    for f in FORMULATIONS:
+        decoder = MaskDecoder.load(path, upsample=f)
+        assert (decoder.num_embeddings, decoder.embedding_dim) == (128, 512)
+        out[f] = decoder.decode(codes)
+        np.testing.assert_allclose(out[f], ref, rtol=0, atol=TOL, err_msg=f)
+    np.testing.assert_allclose(out["matmul"], out["conv"], rtol=0, atol=SAME_TOL)
+
+
+def test_conv_transpose_matmul_on_non_square_input() -> None:
+    # The decoder's maps are square, which would hide swapped H/W strides in the interleave.
+    rng = np.random.default_rng(9)
+    x = mx.array(rng.standard_normal((2, 3, 5, 6)).astype(np.float32))  # (N, H, W, C)
+    w = mx.array(rng.standard_normal((4, 4, 4, 6)).astype(np.float32))  # (O, kH, kW, C)
+    b = mx.array(rng.standard_normal(4).astype(np.float32))
+    want = mx.conv_transpose2d(x, w, stride=2, padding=1) + b  # (2, 6, 10, 4)
+    got = vae._conv_transpose_matmul(x, w, b)
+    assert got.shape == want.shape == (2, 6, 10, 4)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=0, atol=SAME_TOL)
+
+
+# --- choosing the formulation ----------------------------------------------------------------
+
+
+def test_auto_picks_a_formulation_by_timing_and_logs_it(
+    small_path: Path,
+    small_decoders: dict[str, MaskDecoder],
+    small_ckpt: dict,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.vae"):
+        decoder = MaskDecoder.load(small_path)  # "auto" is the default
+    assert decoder.formulation in FORMULATIONS
+    message = caplog.messages[-1]
+    assert f"uses the {decoder.formulation} formulation" in message
+    assert "conv " in message and "matmul " in message and " ms" in message
+    codes = _codes(2, seed=8)
+    out = decoder.decode(codes)
+    np.testing.assert_array_equal(out, small_decoders[decoder.formulation].decode(codes))
+    np.testing.assert_allclose(out, reference_decode(small_ckpt, codes), rtol=0, atol=TOL)
+    with pytest.raises(AttributeError):
+        decoder.formulation = "conv"  # type: ignore[misc]  # read-only
+
+
+@pytest.mark.parametrize("faster", FORMULATIONS)
+def test_auto_keeps_the_faster(
+    small_path: Path, monkeypatch: pytest.MonkeyPatch, faster: str
+) -> None:
+    # Fake clocks: whichever formulation is `faster` takes 1 ms, the other 3 ms.
+    def fake_time(self: MaskDecoder, codes: Any) -> float:
+        return 0.001 if self.formulation == faster else 0.003
+
+    monkeypatch.setattr(MaskDecoder, "_time", fake_time)
+    assert MaskDecoder.load(small_path, upsample="auto").formulation == faster
+
+
+def test_unknown_upsample_is_rejected(small_path: Path) -> None:
+    with pytest.raises(ValueError, match="upsample"):
+        MaskDecoder.load(small_path, upsample="fft")  # type: ignore[arg-type]
 
 
 def test_codes_fill_the_grid_row_major(small_decoder: MaskDecoder, small_ckpt: dict) -> None:
@@ -145,9 +220,9 @@ def test_codes_fill_the_grid_row_major(small_decoder: MaskDecoder, small_ckpt: d
 
 
 def test_batch_equals_one_at_a_time(small_decoder: MaskDecoder) -> None:
-    codes = _codes(4, seed=5)
+    codes = _codes(3, seed=5)
     together = small_decoder.decode(codes)
-    alone = np.concatenate([small_decoder.decode(codes[i : i + 1]) for i in range(4)])
+    alone = np.concatenate([small_decoder.decode(codes[i : i + 1]) for i in range(3)])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5)
 
 
@@ -224,7 +299,7 @@ def test_unknown_decoder_tensor_is_rejected(tmp_path: Path, small_ckpt: dict) ->
 
 
 def test_encoder_and_other_tensors_are_ignored(
-    tmp_path: Path, small_ckpt: dict, small_decoder: MaskDecoder
+    tmp_path: Path, small_ckpt: dict, small_decoders: dict[str, MaskDecoder]
 ) -> None:
     assert any(k.startswith("encoder.") for k in small_ckpt)  # the random file has them
     decoder_only = {k: v for k, v in small_ckpt.items() if not k.startswith("encoder.")}
@@ -233,7 +308,8 @@ def test_encoder_and_other_tensors_are_ignored(
     for tensors in (decoder_only, odd):
         path = _save(tmp_path / "ckpt.npz", tensors)
         np.testing.assert_array_equal(
-            MaskDecoder.load(path).decode(codes), small_decoder.decode(codes)
+            MaskDecoder.load(path, upsample="matmul").decode(codes),
+            small_decoders["matmul"].decode(codes),
         )
 
 
@@ -252,5 +328,5 @@ def test_unreadable_checkpoint_raises_value_error(tmp_path: Path, content: bytes
 def test_cli_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "models" / "vae-oid.npz"
     random_vae_main([str(path), "--embedding-dim", "16", "--seed", "2"])
-    decoder = MaskDecoder.load(path)
+    decoder = MaskDecoder.load(path, upsample="matmul")
     assert (decoder.num_embeddings, decoder.embedding_dim) == (128, 16)
