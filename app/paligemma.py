@@ -123,8 +123,20 @@ class PaliGemma:
         if image.size != self.input_size:
             image = image.resize(self.input_size, Image.Resampling.BICUBIC)
         input_ids, mask = self._prompt_tokens(prompt)
-        pixels = self.processor.image_processor([image], return_tensors="np")["pixel_values"]
-        return {"input_ids": input_ids, "mask": mask, "pixel_values": mx.array(np.asarray(pixels))}
+        return {"input_ids": input_ids, "mask": mask, "pixel_values": self._pixels(image)}
+
+    def _pixels(self, image: Image.Image) -> mx.array:
+        """The image processor's rescale and normalise, in a few NumPy operations instead of
+        its generic path (~4 ms); tests check the values equal the processor's."""
+        config = self.processor.image_processor
+        pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3), 0..255
+        if config.do_rescale:  # in float64 then float32, as the processor rounds
+            pixels = (pixels.astype(np.float64) * config.rescale_factor).astype(np.float32)
+        if config.do_normalize:
+            mean = np.asarray(config.image_mean, np.float32)
+            std = np.asarray(config.image_std, np.float32)
+            pixels = (pixels - mean) / std
+        return mx.array(pixels.transpose(2, 0, 1)[None])  # (1, 3, H, W) as the processor gives
 
     def _prompt_tokens(self, prompt: str) -> tuple[mx.array, mx.array]:
         """The processor's ids and mask for a prompt: they do not depend on the image, so they

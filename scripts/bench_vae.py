@@ -12,7 +12,7 @@ depends on that library. A harness can import `run(...) -> list[dict]`.
 from __future__ import annotations
 
 import argparse
-import ctypes
+import importlib.util
 import json
 import os
 import statistics
@@ -28,6 +28,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from app.blas import find_openblas
 from app.vae import MaskDecoder
 from scripts.random_vae import write_random_vae
 
@@ -110,7 +111,13 @@ def _variants(path: Path) -> dict[str, Decode]:
         return lambda codes: np.concatenate([d.decode(codes[i : i + 1]) for i in range(len(codes))])
 
     with np.load(path) as npz:
-        numpy_decoder = NumpyDecoder(dict(npz))
+        checkpoint = dict(npz)
+    numpy_decoder = NumpyDecoder(checkpoint)
+    baselines: dict[str, Decode] = {}
+    if importlib.util.find_spec("jax") is not None:
+        from scripts.jax_vae import make_jax_decoder
+
+        baselines["jax/XLA jit (batched)"] = make_jax_decoder(checkpoint)
     return {
         "conv (batched)": dec["conv"].decode,
         "matmul (batched)": dec["matmul"].decode,
@@ -119,6 +126,7 @@ def _variants(path: Path) -> dict[str, Decode]:
         "conv, one call per object": per_object(dec["conv"]),
         "matmul, one call per object": per_object(dec["matmul"]),
         "numpy (batched)": numpy_decoder,
+        **baselines,
     }
 
 
@@ -172,21 +180,6 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
     lines.append("|---" * (len(sizes) + 1) + "|")
     lines += [f"| {v} | " + " | ".join(ms[v, n] for n in sizes) + " |" for v in names]
     return "\n".join(lines)
-
-
-def find_openblas() -> Path | None:
-    """An installed OpenBLAS exporting the standard `cblas_sgemm` (opencv's wheel bundles one;
-    numpy's and scipy's prefix their symbols, so preloading them would change nothing)."""
-    roots = {Path(p) for p in sys.path if p.endswith("site-packages")}
-    roots.add(Path("/usr/lib/x86_64-linux-gnu"))
-    for root in sorted(roots):
-        for lib in sorted(root.glob("**/libopenblas*.so*")):
-            try:
-                if hasattr(ctypes.CDLL(str(lib)), "cblas_sgemm"):
-                    return lib
-            except OSError:
-                continue
-    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from app.blas import MARKER, find_openblas, preload_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 THREE_OBJECTS = (
@@ -63,15 +67,19 @@ def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "cpu": cpu,
-        "cores": __import__("os").cpu_count(),
+        "cores": os.cpu_count(),
         "mlx_device": str(mx.default_device()),
+        "cpu_blas": os.environ.get(MARKER, "bundled (MLX's reference BLAS)"),
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("mlx", "mlx-vlm", "numpy", "fastapi")},
     }
@@ -120,8 +128,11 @@ def request_overhead(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
             walls: list[float] = []
             for index in range(repeats + 1):
                 started = time.perf_counter()
-                response = client.post("/segment", data={"prompt": "cat ; dog ; left wheel"},
-                                       files={"image_file": ("photo.jpg", data)})
+                response = client.post(
+                    "/segment",
+                    data={"prompt": "cat ; dog ; left wheel"},
+                    files={"image_file": ("photo.jpg", data)},
+                )
                 wall = (time.perf_counter() - started) * 1000
                 body = response.json()
                 assert response.status_code == 200 and len(body["objects"]) == 3, body
@@ -132,26 +143,30 @@ def request_overhead(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
                     stages.setdefault(stage, []).append(ms)
             model_ms = [v + g for v, g in zip(stages["vision"], stages["generate"], strict=True)]
             outside = [w - m for w, m in zip(walls, model_ms, strict=True)]
-            rows.append({
-                "image": f"{width}x{height}",
-                "upload_bytes": len(data),
-                "http_wall_ms": summary(walls),
-                "stages_ms": {k: summary(v) for k, v in stages.items()},
-                "all_but_model_ms": summary(outside),
-            })
+            rows.append(
+                {
+                    "image": f"{width}x{height}",
+                    "upload_bytes": len(data),
+                    "http_wall_ms": summary(walls),
+                    "stages_ms": {k: summary(v) for k, v in stages.items()},
+                    "all_but_model_ms": summary(outside),
+                }
+            )
     return rows
 
 
 def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
     """A second prompt on the same image: the vision tower's output comes from the cache."""
     data = jpeg(640, 480)
-    first, second = [], []
+    first: list[dict[str, float]] = []
+    second: list[dict[str, float]] = []
     with tiny_service(model_dir) as (client, _):
         for index in range(repeats):
             picture = jpeg(640, 480 + index + 1)  # a new image each round: a cache miss
             for target, payload in ((first, picture), (second, picture)):
-                body = client.post("/segment", data={"prompt": "cat"},
-                                   files={"image_file": ("p.jpg", payload)}).json()
+                body = client.post(
+                    "/segment", data={"prompt": "cat"}, files={"image_file": ("p.jpg", payload)}
+                ).json()
                 target.append(body["timings_ms"])
     del data
     return {
@@ -162,6 +177,60 @@ def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
     }
 
 
+# -- stage 1: mask decode -----------------------------------------------------------------------
+def mask_decode(repeats: int) -> dict[str, Any]:
+    """scripts.bench_vae in two child processes: MLX's bundled BLAS, and OpenBLAS preloaded."""
+    from app.blas import MARKER, find_openblas
+
+    library = find_openblas()
+    setups: dict[str, dict[str, str]] = {
+        "bundled BLAS": {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", MARKER)}
+    }
+    if library is not None:
+        setups["OpenBLAS preloaded"] = {**setups["bundled BLAS"], "LD_PRELOAD": str(library)}
+    results: dict[str, Any] = {}
+    for name, env in setups.items():
+        command = [sys.executable, "-m", "scripts.bench_vae", "--json", "--repeats", str(repeats)]
+        child = subprocess.run(
+            command, env=env, cwd=ROOT, check=True, capture_output=True, text=True
+        )
+        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+    return results
+
+
+def mask_decode_table(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for setup, rows in results.items():
+        sizes = sorted({r["n"] for r in rows})
+        cells = {(r["variant"], r["n"]): f"{r['median_ms']:.1f} ({r['min_ms']:.1f})" for r in rows}
+        batched = {r["n"]: r["median_ms"] for r in rows if r["variant"] == "matmul (batched)"}
+        per_object = {
+            r["n"]: r["median_ms"] for r in rows if r["variant"] == "conv, one call per object"
+        }
+        jax = {r["n"]: r["median_ms"] for r in rows if r["variant"].startswith("jax")}
+        lines += [
+            f"**{setup}**: median (min) ms per request",
+            "",
+            "| variant | " + " | ".join(f"N={n}" for n in sizes) + " |",
+            "|---" * (len(sizes) + 1) + "|",
+            *(
+                f"| {variant} | " + " | ".join(cells[variant, n] for n in sizes) + " |"
+                for variant in dict.fromkeys(r["variant"] for r in rows)
+            ),
+            "| **speed-up, ours (matmul batched) vs conv per object** | "
+            + " | ".join(f"{per_object[n] / batched[n]:.1f}x" for n in sizes)
+            + " |",
+        ]
+        if jax:
+            lines.append(
+                "| **ours / JAX-XLA (lower is better; target <= 1.5)** | "
+                + " | ".join(f"{batched[n] / jax[n]:.2f}" for n in sizes)
+                + " |"
+            )
+        lines.append("")
+    return lines
+
+
 # -- report -----------------------------------------------------------------------------------
 def markdown(results: dict[str, Any]) -> str:
     meta = results["machine"]
@@ -170,27 +239,32 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"- date: {meta['date']}",
         f"- machine: {meta['cpu']}, {meta['cores']} cores, {meta['platform']}",
+        f"- CPU BLAS for the in-process stages: {meta['cpu_blas']}",
         f"- MLX device: {meta['mlx_device']}; versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        "- numbers: median over repeated runs after warm-up, (min–max) in brackets",
+        "- numbers: median over repeated runs after warm-up, (min-max) in brackets",
         "",
     ]
     if "mask_decode" in results:
-        lines += ["## Mask decode (ms per request)", "", *results["mask_decode_table"], ""]
+        lines += [
+            "## Mask decode (ms per request, random real-size VAE, N objects)",
+            "",
+            *mask_decode_table(results["mask_decode"]),
+        ]
     for row in results.get("request_overhead", []):
         stages = row["stages_ms"]
         lines += [
             f"## Request overhead, {row['image']} upload ({row['upload_bytes']:,} bytes), "
             "3 objects, tiny model",
             "",
-            "| stage | median ms | min–max |",
+            "| stage | median ms | min-max |",
             "|---|---:|---:|",
-            *(f"| {name} | {s['median']} | {s['min']}–{s['max']} |" for name, s in stages.items()),
+            *(f"| {name} | {s['median']} | {s['min']}-{s['max']} |" for name, s in stages.items()),
             f"| HTTP wall time (TestClient) | {row['http_wall_ms']['median']} | "
-            f"{row['http_wall_ms']['min']}–{row['http_wall_ms']['max']} |",
-            f"| **everything but the model (wall − vision − generate)** | "
+            f"{row['http_wall_ms']['min']}-{row['http_wall_ms']['max']} |",
+            f"| **everything but the model (wall - vision - generate)** | "
             f"**{row['all_but_model_ms']['median']}** | "
-            f"{row['all_but_model_ms']['min']}–{row['all_but_model_ms']['max']} |",
+            f"{row['all_but_model_ms']['min']}-{row['all_but_model_ms']['max']} |",
             "",
         ]
     if "repeated_image" in results:
@@ -217,10 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 7
+    environment = preload_environment(os.environ, sys.platform, find_openblas())
+    if environment is not None:  # measure what `python -m app` runs: OpenBLAS on Linux
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
 
     from scripts.make_tiny_model import build_tiny_model
 
     results: dict[str, Any] = {"machine": machine()}
+    print("mask decode ...", flush=True)
+    results["mask_decode"] = mask_decode(repeats)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "tiny")
         print("request overhead ...", flush=True)
