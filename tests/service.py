@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -18,6 +22,7 @@ from app.config import Settings
 
 # The service refuses foreign Host headers (DNS-rebinding guard): talk to it as a local app does.
 LOCAL_URL = "http://127.0.0.1:8000"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def local_client(app: FastAPI, **kwargs: Any) -> TestClient:
@@ -58,3 +63,64 @@ def live_server(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class AppProcess:
+    """`python -m app` (or `argv`) on a model directory, as users and launchd run it, on a free
+    loopback port; output goes to a file (a pipe could fill up and stall the server)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        log: Path,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        full_env = {
+            **os.environ,
+            "SEGMENT_MODEL": str(model_dir),
+            "SEGMENT_VAE_PATH": str(model_dir / "vae-oid.npz"),
+            "SEGMENT_HOST": "127.0.0.1",
+            "SEGMENT_PORT": self.url.rsplit(":", 1)[1],
+            **(env or {}),
+        }
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                argv or [sys.executable, "-m", "app"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=out,
+            )
+
+    def wait_healthy(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the server did not become healthy:\n{self.log.read_text()}")
+
+    def port_is_free(self) -> bool:
+        try:
+            httpx.get(f"{self.url}/health", timeout=2)
+        except httpx.ConnectError:
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -7,9 +7,7 @@ model never emits a stop token, so `max_new_tokens` sets how long a request gene
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,39 +19,17 @@ import pytest
 
 from app.__main__ import GRACEFUL_SHUTDOWN_S
 from tests.images import gradient, image_bytes
-from tests.test_server_process import ROOT, free_port
+from tests.service import AppProcess
 
 MAX_NEW_TOKENS = 4096  # the settings' ceiling: room for requests many seconds long
 EXIT_MARGIN_S = 10.0  # after the drain: stop at the next token, unload, exit
 
 
-class Server:
-    """`python -m app` (or `argv`) on the tiny model, output to a file (a pipe could fill)."""
+class Server(AppProcess):
+    """`python -m app` (or `argv`) on the tiny model, allowed very long generations."""
 
     def __init__(self, model_dir: Path, log: Path, argv: list[str]) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        env = {
-            **os.environ,
-            "SEGMENT_MODEL": str(model_dir),
-            "SEGMENT_VAE_PATH": str(model_dir / "vae-oid.npz"),
-            "SEGMENT_PORT": self.url.rsplit(":", 1)[1],
-            "SEGMENT_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
-        }
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=out)
-
-    def wait_healthy(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"the server did not become healthy:\n{self.log.read_text()}")
+        super().__init__(model_dir, log, argv, {"SEGMENT_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS)})
 
     def wait_generating(self, timeout_s: float = 10) -> None:
         """Until /health counts the request as admitted, plus a moment to reach the token loop."""
@@ -68,13 +44,6 @@ class Server:
         assert response.status_code == 200, response.text
         timings = response.json()["timings_ms"]
         return float(timings["generate"]) / 1000 / tokens
-
-    def port_is_free(self) -> bool:
-        try:
-            httpx.get(f"{self.url}/health", timeout=2)
-        except httpx.ConnectError:
-            return True
-        return False
 
 
 def segment(url: str, max_new_tokens: int) -> httpx.Response:
@@ -133,9 +102,7 @@ def servers(
         yield started
     finally:
         for server in started.values():
-            if server.process.poll() is None:
-                server.process.kill()
-                server.process.wait()
+            server.stop()
 
 
 def sigterm_during(server: Server, request: InFlight) -> tuple[float, float]:
