@@ -36,7 +36,7 @@ from scripts.launchd_agent import (
     uninstall,
     unload,
 )
-from tests.test_server_process import free_port
+from tests.service import free_port
 
 UID = os.getuid()
 TARGET = service_target(UID)
