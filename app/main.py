@@ -69,11 +69,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         summary="Text-prompted segmentation with PaliGemma 2 mix on MLX, served locally.",
         lifespan=lifespan,
     )
-    app.state.engine = engine
-    app.state.settings = settings
     install_error_handlers(app, settings)
-    # Added last = runs first: CORS answers preflights, the guard refuses strangers, then the
-    # body limit counts bytes as they stream in (before the multipart parser spools them).
+    # Added last = runs first: CORS answers preflights, every request gets an id, the guard
+    # refuses strangers, then the body limit counts bytes as they stream in (before the
+    # multipart parser spools them).
     app.add_middleware(
         BodyLimit,
         max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
@@ -120,7 +119,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         model_id: Annotated[str | None, Form(description="Must name the loaded model.")] = None,
         mask_format: Annotated[MaskFormat, Form(description="png, rle, polygon or none.")] = "png",
         max_new_tokens: Annotated[
-            int | None, Form(ge=1, description="Cap on generated tokens (~22 per object).")
+            int | None, Form(ge=1, description="Cap on generated tokens (~24 per object).")
         ] = None,
     ) -> SegmentResponse:
         """Segment (or `detect`) the prompt's classes in one image: boxes, masks, labels, scores."""
@@ -131,15 +130,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 f"model_id {model_id!r} is not served here; this service runs "
                 f"{settings.model!r} (omit model_id to use it)."
             )
-        limit = (
-            min(max_new_tokens, settings.max_new_tokens)
-            if max_new_tokens
-            else token_budget(
-                task_prompt,
-                max_objects_per_class=settings.max_objects_per_class,
-                ceiling=settings.max_new_tokens,
-            )
-        )
+        limit = _token_limit(max_new_tokens, task_prompt, settings)
         data = await _read_image_source(image_file, image_url, settings, url_policy)
         source = await asyncio.to_thread(
             decode_image,
@@ -195,6 +186,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
 
     return app
+
+
+def _token_limit(requested: int | None, task_prompt: str, settings: Settings) -> int:
+    """The request's own cap if it set one, else a budget from the classes asked for."""
+    if requested:
+        return min(requested, settings.max_new_tokens)
+    return token_budget(
+        task_prompt,
+        max_objects_per_class=settings.max_objects_per_class,
+        ceiling=settings.max_new_tokens,
+    )
 
 
 async def _read_image_source(
