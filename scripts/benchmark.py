@@ -253,6 +253,7 @@ replace this table with measured rows once run on a Mac. The mask decoder picks 
 formulation by timing both at load, so Metal uses whichever is faster there.
 """
 
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["machine"]
     lines = [
