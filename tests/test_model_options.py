@@ -101,3 +101,22 @@ def test_prepare_equals_the_processor(uncached: PaliGemma, prompt: str) -> None:
         assert np.array_equal(np.asarray(inputs["input_ids"]), np.asarray(batch["input_ids"]))
         assert np.array_equal(np.asarray(inputs["mask"]), np.asarray(batch["attention_mask"]))
         assert np.array_equal(np.asarray(inputs["pixel_values"]), np.asarray(batch["pixel_values"]))
+
+
+def test_quantized_checkpoint_runs_and_widens(tiny_model_dir: Path) -> None:
+    """The default checkpoint is 8-bit: quantized layers and embedding (whose `weight` is packed
+    uint32) must work with the feature path and survive the float32 policy."""
+    import mlx.nn as nn
+
+    model = PaliGemma.load(tiny_model_dir, feature_cache=FeatureCache(2, 1 << 26))
+    model.model.set_dtype(mx.bfloat16)
+    nn.quantize(
+        model.model,
+        group_size=64,
+        bits=8,
+        class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0,
+    )
+    assert isinstance(model.model.language_model.model.embed_tokens, nn.QuantizedEmbedding)
+    quantized = [text for text, _ in generated(model, noise(8), "segment cat")]
+    assert apply_dtype_policy(model.model, "auto", "cpu") == "float32"
+    assert [text for text, _ in generated(model, noise(8), "segment cat")] == quantized
