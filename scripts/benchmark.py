@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from app.blas import MARKER, find_openblas, preload_environment
+from scripts.bench_real_size import table
 
 ROOT = Path(__file__).resolve().parent.parent
 THREE_OBJECTS = (
@@ -303,7 +304,20 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
     if "real_size" in results:
-        lines += ["## Real-size PaliGemma 2 3B, random weights", "", *results["real_size"], ""]
+        real = results["real_size"]
+        lines += [
+            "## Real-size PaliGemma 2 3B, random weights (scripts/bench_real_size.py)",
+            "",
+            f"Run on {real['machine'].get('date', '?')}; prompt {real['setup']['prompt']!r}, "
+            f"{real['setup']['max_new_tokens']} new tokens; every row its own process. Full rows "
+            "and notes: bench/real_size.json.",
+            "",
+            table(real["results"]),
+            "",
+        ]
+        if "rerun_224_quiet" in real:  # the 224 rows again, with nothing else running
+            lines += ["Quiet rerun at 224:", "", table(real["rerun_224_quiet"]["results"]), ""]
+        lines += [f"- {note}" for note in real.get("notes", [])] + [""]
     return "\n".join(lines) + "\n" + MAC_NOTES
 
 
@@ -329,6 +343,22 @@ def main(argv: list[str] | None = None) -> int:
         results["request_overhead"] = request_overhead(model_dir, repeats)
         print("repeated image ...", flush=True)
         results["repeated_image"] = repeated_image(model_dir, repeats)
+    if args.real_size:  # ~30 min on 2 cores: builds ~6 GB of random weights once, then times
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scripts.bench_real_size",
+                "--size",
+                "224",
+                "--json",
+                str(args.out / "real_size.json"),
+            ],
+            cwd=ROOT,
+            check=True,
+        )
+    if (args.out / "real_size.json").is_file():  # the latest real-size run, kept with the rest
+        results["real_size"] = json.loads((args.out / "real_size.json").read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "RESULTS.md").write_text(markdown(results))
