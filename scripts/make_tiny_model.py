@@ -58,8 +58,11 @@ IMAGE_TOKEN = "<image>"
 VOCAB_SIZE = BASE_VOCAB + len(LOC_TOKENS) + len(SEG_TOKENS) + 1  # <image> is the last id
 
 
-def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Gemma's id order: specials, byte fallback, characters, word merges, <unusedN> filler."""
+def _vocab_and_merges(
+    base_vocab: int, vocab_size: int
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Gemma's id order: specials, byte fallback, characters, word merges, <unusedN> filler,
+    loc, seg, <image>, then filler up to `vocab_size` (the real embedding has 63 spare rows)."""
     pieces = SPECIAL + [f"<0x{b:02X}>" for b in range(256)]
     pieces += ["\n", "▁"] + [chr(c) for c in range(0x21, 0x7F)]  # printable ASCII; space is ▁
     merges: list[tuple[str, str]] = []
@@ -70,20 +73,22 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
             if word[:end] not in pieces:
                 pieces.append(word[:end])
                 merges.append((word[: end - 1], word[end - 1]))
-    assert len(pieces) < BASE_VOCAB, f"{len(pieces)} pieces do not fit below {BASE_VOCAB}"
-    pieces += [f"<unused{i}>" for i in range(BASE_VOCAB - len(pieces))]
+    assert len(pieces) < base_vocab, f"{len(pieces)} pieces do not fit below {base_vocab}"
+    filler = base_vocab - len(pieces)
+    pieces += [f"<unused{i}>" for i in range(filler)]
     pieces += [*LOC_TOKENS, *SEG_TOKENS, IMAGE_TOKEN]
-    assert len(pieces) == VOCAB_SIZE == len(set(pieces))
+    pieces += [f"<unused{i}>" for i in range(filler, filler + vocab_size - len(pieces))]
+    assert len(pieces) == vocab_size == len(set(pieces))
     return {p: i for i, p in enumerate(pieces)}, merges
 
 
-def build_tokenizer() -> Tokenizer:
+def build_tokenizer(base_vocab: int = BASE_VOCAB, vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     """Gemma-style BPE with byte fallback; loc/seg are atomic non-special added tokens.
 
     Non-special, because the service decodes with `skip_special_tokens=True` and the loc/seg
     tokens carry the boxes and masks; `<image>` and the control tokens are special.
     """
-    vocab, merges = _vocab_and_merges()
+    vocab, merges = _vocab_and_merges(base_vocab, vocab_size)
     tok = Tokenizer(BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Replace(" ", "▁")
     tok.decoder = decoders.Sequence(
@@ -97,7 +102,7 @@ def build_tokenizer() -> Tokenizer:
         [AddedToken(t, normalized=False, special=False) for t in LOC_TOKENS + SEG_TOKENS]
     )
     tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
-    assert tok.get_vocab_size(with_added_tokens=True) == VOCAB_SIZE
+    assert tok.get_vocab_size(with_added_tokens=True) == vocab_size
     return tok
 
 
@@ -156,25 +161,34 @@ def build_config() -> dict[str, Any]:
     }
 
 
-def _weight_shapes() -> dict[str, tuple[int, ...]]:
-    """Original HF PaliGemma names and PyTorch layouts; no lm_head (tied to embed_tokens)."""
-    vh, vi = VISION["hidden_size"], VISION["intermediate_size"]
-    th, ti = TEXT["hidden_size"], TEXT["intermediate_size"]
-    q_out = TEXT["num_attention_heads"] * TEXT["head_dim"]
-    kv_out = TEXT["num_key_value_heads"] * TEXT["head_dim"]
+def weight_shapes(
+    text: dict[str, int] = TEXT,
+    vision: dict[str, int] = VISION,
+    vocab_size: int = VOCAB_SIZE,
+    num_positions: int = NUM_IMAGE_TOKENS,
+    patch_size: int = PATCH_SIZE,
+) -> dict[str, tuple[int, ...]]:
+    """Original HF PaliGemma names and PyTorch layouts; no lm_head (tied to embed_tokens).
+
+    The defaults are the tiny model's; scripts/real_size_model.py passes the real sizes.
+    """
+    vh, vi = vision["hidden_size"], vision["intermediate_size"]
+    th, ti = text["hidden_size"], text["intermediate_size"]
+    q_out = text["num_attention_heads"] * text["head_dim"]
+    kv_out = text["num_key_value_heads"] * text["head_dim"]
     v = "vision_tower.vision_model."
     shapes: dict[str, tuple[int, ...]] = {
-        v + "embeddings.patch_embedding.weight": (vh, 3, PATCH_SIZE, PATCH_SIZE),  # (O, C, kH, kW)
+        v + "embeddings.patch_embedding.weight": (vh, 3, patch_size, patch_size),  # (O,C,kH,kW)
         v + "embeddings.patch_embedding.bias": (vh,),
-        v + "embeddings.position_embedding.weight": (NUM_IMAGE_TOKENS, vh),
+        v + "embeddings.position_embedding.weight": (num_positions, vh),
         v + "post_layernorm.weight": (vh,),
         v + "post_layernorm.bias": (vh,),
         "multi_modal_projector.linear.weight": (th, vh),  # (out, in) like torch.nn.Linear
         "multi_modal_projector.linear.bias": (th,),
-        "language_model.model.embed_tokens.weight": (VOCAB_SIZE, th),
+        "language_model.model.embed_tokens.weight": (vocab_size, th),
         "language_model.model.norm.weight": (th,),
     }
-    for i in range(VISION["num_hidden_layers"]):
+    for i in range(vision["num_hidden_layers"]):
         p = f"{v}encoder.layers.{i}."
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
             shapes |= {f"{p}self_attn.{name}.weight": (vh, vh), f"{p}self_attn.{name}.bias": (vh,)}
@@ -182,7 +196,7 @@ def _weight_shapes() -> dict[str, tuple[int, ...]]:
             shapes |= {f"{p}{name}.weight": (vh,), f"{p}{name}.bias": (vh,)}
         shapes |= {f"{p}mlp.fc1.weight": (vi, vh), f"{p}mlp.fc1.bias": (vi,)}
         shapes |= {f"{p}mlp.fc2.weight": (vh, vi), f"{p}mlp.fc2.bias": (vh,)}
-    for i in range(TEXT["num_hidden_layers"]):
+    for i in range(text["num_hidden_layers"]):
         p = f"language_model.model.layers.{i}."
         shapes |= {
             p + "self_attn.q_proj.weight": (q_out, th),
@@ -202,7 +216,7 @@ def build_weights(seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic small random float32 weights for every tensor of the real architecture."""
     rng = np.random.default_rng(seed)
     weights: dict[str, np.ndarray] = {}
-    for name, shape in sorted(_weight_shapes().items()):  # sorted: same draws for the same seed
+    for name, shape in sorted(weight_shapes().items()):  # sorted: same draws for the same seed
         w = rng.standard_normal(shape, dtype=np.float32)
         if name.startswith("vision_tower") and "norm" in name:
             # SigLIP LayerNorm multiplies by w (ones-ish); a small bias still tests its mapping.
@@ -221,16 +235,9 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
-    """Write a tiny random-weight PaliGemma 2 (real architecture) + out_dir/vae-oid.npz.
-
-    Returns out_dir. Same seed, same bytes: tests and golden files can rely on it.
-    """
-    from scripts.random_vae import write_random_vae  # lazy: lets the CLI fix sys.path first
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "config.json", build_config())
+def write_processor_files(out_dir: Path, image_size: int, tokenizer: Tokenizer) -> None:
+    """generation, preprocessor and tokenizer files as the real checkpoints carry them; also
+    used by scripts/real_size_model.py."""
     _write_json(
         out_dir / "generation_config.json",
         {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0},
@@ -240,8 +247,8 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
         {
             "image_processor_type": "SiglipImageProcessor",
             "processor_class": "PaliGemmaProcessor",
-            "image_seq_length": NUM_IMAGE_TOKENS,
-            "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            "image_seq_length": (image_size // PATCH_SIZE) ** 2,
+            "size": {"height": image_size, "width": image_size},
             "do_resize": True,
             "resample": 3,  # bicubic
             "do_rescale": True,
@@ -251,7 +258,7 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
             "image_std": [0.5, 0.5, 0.5],
         },
     )
-    build_tokenizer().save(str(out_dir / "tokenizer.json"))
+    tokenizer.save(str(out_dir / "tokenizer.json"))
     names: dict[str, Any] = {f"{t[1:-1]}_token": t for t in SPECIAL[:5]}  # pad_token: "<pad>", ...
     names["additional_special_tokens"] = [IMAGE_TOKEN]
     _write_json(out_dir / "special_tokens_map.json", names)
@@ -267,6 +274,19 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
             "model_max_length": 1000000000000000019884624838656,
         },
     )
+
+
+def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random-weight PaliGemma 2 (real architecture) + out_dir/vae-oid.npz.
+
+    Returns out_dir. Same seed, same bytes: tests and golden files can rely on it.
+    """
+    from scripts.random_vae import write_random_vae  # lazy: lets the CLI fix sys.path first
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "config.json", build_config())
+    write_processor_files(out_dir, IMAGE_SIZE, build_tokenizer())
     save_file(build_weights(seed), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     write_random_vae(out_dir / "vae-oid.npz", seed=seed)
     return out_dir

@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
-from tokenizers.models import BPE
+from tokenizers import Tokenizer
 
 from scripts import make_tiny_model as tiny
 
@@ -96,44 +95,10 @@ def _spec(name: str, shape: tuple[int, ...]) -> TensorSpec:
 
 
 def shared_tensors() -> list[TensorSpec]:
-    """Every weight except the position embeddings, with the original HF PaliGemma names."""
-    vh, vi = VISION["hidden_size"], VISION["intermediate_size"]
-    th, ti = TEXT["hidden_size"], TEXT["intermediate_size"]
-    q_out = TEXT["num_attention_heads"] * TEXT["head_dim"]
-    kv_out = TEXT["num_key_value_heads"] * TEXT["head_dim"]
-    v = "vision_tower.vision_model."
-    shapes: dict[str, tuple[int, ...]] = {
-        v + "embeddings.patch_embedding.weight": (vh, 3, PATCH_SIZE, PATCH_SIZE),  # (O, C, kH, kW)
-        v + "embeddings.patch_embedding.bias": (vh,),
-        v + "post_layernorm.weight": (vh,),
-        v + "post_layernorm.bias": (vh,),
-        "multi_modal_projector.linear.weight": (th, vh),  # (out, in) like torch.nn.Linear
-        "multi_modal_projector.linear.bias": (th,),
-        "language_model.model.embed_tokens.weight": (VOCAB_SIZE, th),  # tied: no lm_head
-        "language_model.model.norm.weight": (th,),
-    }
-    for i in range(VISION["num_hidden_layers"]):
-        p = f"{v}encoder.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes |= {f"{p}self_attn.{name}.weight": (vh, vh), f"{p}self_attn.{name}.bias": (vh,)}
-        for name in ("layer_norm1", "layer_norm2"):
-            shapes |= {f"{p}{name}.weight": (vh,), f"{p}{name}.bias": (vh,)}
-        shapes |= {f"{p}mlp.fc1.weight": (vi, vh), f"{p}mlp.fc1.bias": (vi,)}
-        shapes |= {f"{p}mlp.fc2.weight": (vh, vi), f"{p}mlp.fc2.bias": (vh,)}
-    for i in range(TEXT["num_hidden_layers"]):
-        p = f"language_model.model.layers.{i}."
-        shapes |= {
-            p + "self_attn.q_proj.weight": (q_out, th),
-            p + "self_attn.k_proj.weight": (kv_out, th),
-            p + "self_attn.v_proj.weight": (kv_out, th),
-            p + "self_attn.o_proj.weight": (th, q_out),
-            p + "mlp.gate_proj.weight": (ti, th),
-            p + "mlp.up_proj.weight": (ti, th),
-            p + "mlp.down_proj.weight": (th, ti),
-        }
-        for name in ("input", "post_attention", "pre_feedforward", "post_feedforward"):
-            shapes[f"{p}{name}_layernorm.weight"] = (th,)
-    return [_spec(name, shape) for name, shape in sorted(shapes.items())]
+    """Every weight but the position embeddings (their size depends on the image size), with
+    the tiny builder's names and layouts at the real sizes."""
+    shapes = tiny.weight_shapes(TEXT, VISION, VOCAB_SIZE, num_positions=1, patch_size=PATCH_SIZE)
+    return [_spec(name, shape) for name, shape in sorted(shapes.items()) if name != POSITION_KEY]
 
 
 def position_tensor(image_size: int) -> TensorSpec:
@@ -199,41 +164,11 @@ def plan_shards(specs: Sequence[TensorSpec], limit: int = SHARD_BYTES) -> list[l
 
 # -- tokenizer and config -------------------------------------------------------------------
 def build_tokenizer() -> Tokenizer:
-    """The tiny builder's Gemma-style tokenizer at the real size and the real special ids.
-
-    256000 base ids (specials, byte fallback, characters, a few word merges, `<unusedN>`
-    filler), then 1024 `<locNNNN>`, 128 `<segNNN>`, `<image>` = 257152, and 63 more filler ids
-    so that its length equals the embedding's 257216 rows, as mlx-vlm's detokenizer needs.
-    """
-    pieces = tiny.SPECIAL + [f"<0x{b:02X}>" for b in range(256)]
-    pieces += ["\n", "▁"] + [chr(c) for c in range(0x21, 0x7F)]
-    merges: list[tuple[str, str]] = []
-    for word in [f"▁{w}" for w in tiny.WORDS] + tiny.PROMPT_STARTS:  # see make_tiny_model
-        for end in range(2, len(word) + 1):
-            if word[:end] not in pieces:
-                pieces.append(word[:end])
-                merges.append((word[: end - 1], word[end - 1]))
-    filler = BASE_VOCAB - len(pieces)
-    pieces += [f"<unused{i}>" for i in range(filler)]
-    pieces += [*tiny.LOC_TOKENS, *tiny.SEG_TOKENS, tiny.IMAGE_TOKEN]
-    pieces += [f"<unused{i}>" for i in range(filler, filler + VOCAB_SIZE - len(pieces))]
-    vocab = {p: i for i, p in enumerate(pieces)}
-    assert len(pieces) == VOCAB_SIZE == len(vocab) and vocab[tiny.IMAGE_TOKEN] == IMAGE_TOKEN_ID
-
-    tok = Tokenizer(BPE(vocab, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    tok.normalizer = normalizers.Replace(" ", "▁")
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in tiny.SPECIAL])
-    tok.add_tokens(
-        [AddedToken(t, normalized=False, special=False) for t in tiny.LOC_TOKENS + tiny.SEG_TOKENS]
-    )
-    tok.add_special_tokens([AddedToken(tiny.IMAGE_TOKEN, normalized=False, special=True)])
-    assert tok.get_vocab_size(with_added_tokens=True) == VOCAB_SIZE
+    """The tiny builder's Gemma-style tokenizer at the real size and the real special ids:
+    `<loc0000>` 256000, `<seg000>` 257024, `<image>` 257152, and filler up to the embedding's
+    257216 rows, as mlx-vlm's detokenizer needs."""
+    tok = tiny.build_tokenizer(BASE_VOCAB, VOCAB_SIZE)
+    assert tok.token_to_id(tiny.IMAGE_TOKEN) == IMAGE_TOKEN_ID
     return tok
 
 
@@ -274,45 +209,6 @@ def build_config(image_size: int) -> dict[str, Any]:
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _write_processor_files(out: Path, image_size: int) -> None:
-    """generation/preprocessor/tokenizer configs as in make_tiny_model, at this image size."""
-    _write_json(
-        out / "generation_config.json", {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
-    )
-    _write_json(
-        out / "preprocessor_config.json",
-        {
-            "image_processor_type": "SiglipImageProcessor",
-            "processor_class": "PaliGemmaProcessor",
-            "image_seq_length": num_image_tokens(image_size),
-            "size": {"height": image_size, "width": image_size},
-            "do_resize": True,
-            "resample": 3,  # bicubic
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "image_mean": [0.5, 0.5, 0.5],
-            "image_std": [0.5, 0.5, 0.5],
-        },
-    )
-    build_tokenizer().save(str(out / "tokenizer.json"))
-    names: dict[str, Any] = {f"{t[1:-1]}_token": t for t in tiny.SPECIAL[:5]}
-    names["additional_special_tokens"] = [tiny.IMAGE_TOKEN]
-    _write_json(out / "special_tokens_map.json", names)
-    _write_json(
-        out / "tokenizer_config.json",
-        {
-            **names,
-            "tokenizer_class": "GemmaTokenizer",
-            "processor_class": "PaliGemmaProcessor",
-            "add_bos_token": True,
-            "add_eos_token": False,
-            "clean_up_tokenization_spaces": False,
-            "model_max_length": 1000000000000000019884624838656,
-        },
-    )
 
 
 # -- build with caching ---------------------------------------------------------------------
@@ -382,7 +278,7 @@ def ensure_checkpoint(workdir: Path, image_size: int = 224, seed: int = 0) -> Pa
     weights = ensure_shared_weights(workdir, seed)
     partial = _fresh_partial(final)
     _write_json(partial / "config.json", build_config(image_size))
-    _write_processor_files(partial, image_size)
+    tiny.write_processor_files(partial, image_size, build_tokenizer())
     position = position_tensor(image_size)
     write_bf16_safetensors(partial / POSITION_SHARD, [position], seed)
     weight_map = {position.name: POSITION_SHARD}
