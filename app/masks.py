@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image
 
 MaskFormat = Literal["png", "rle", "polygon", "none"]
-MASK_FORMATS: tuple[str, ...] = ("png", "rle", "polygon", "none")
 
 
 def place_mask(

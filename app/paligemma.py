@@ -76,6 +76,7 @@ class PaliGemma:
         processor: Any,
         layout: TokenLayout,
         feature_cache: FeatureCache[mx.array] | None = None,
+        weights_dtype: str = "checkpoint",
     ) -> None:
         self.model = model
         self.processor = processor
@@ -86,7 +87,7 @@ class PaliGemma:
         )
         size = processor.image_processor.size
         self.input_size = (int(size["width"]), int(size["height"]))
-        self.weights_dtype = "checkpoint"
+        self.weights_dtype = weights_dtype  # what the dtype policy ran: reported by benchmarks
         self._prompt_cache: dict[str, tuple[mx.array, mx.array]] = {}
 
     @classmethod
@@ -110,9 +111,7 @@ class PaliGemma:
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
                 stop_ids.add(token_id)
         layout = TokenLayout.from_tokenizer(tokenizer, sorted(stop_ids))
-        loaded = cls(model, processor, layout, feature_cache)
-        loaded.weights_dtype = weights_dtype
-        return loaded
+        return cls(model, processor, layout, feature_cache, weights_dtype)
 
     def prepare(self, image: Image.Image, prompt: str) -> dict[str, mx.array]:
         """Token ids, attention mask and pixels exactly as the checkpoint's processor makes them.

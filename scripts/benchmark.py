@@ -158,7 +158,6 @@ def request_overhead(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
 
 def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
     """A second prompt on the same image: the vision tower's output comes from the cache."""
-    data = jpeg(640, 480)
     first: list[dict[str, float]] = []
     second: list[dict[str, float]] = []
     with tiny_service(model_dir) as (client, _):
@@ -169,7 +168,6 @@ def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
                     "/segment", data={"prompt": "cat"}, files={"image_file": ("p.jpg", payload)}
                 ).json()
                 target.append(body["timings_ms"])
-    del data
     return {
         "first_prompt_vision_ms": summary([t["vision"] for t in first]),
         "second_prompt_vision_ms": summary([t["vision"] for t in second]),
