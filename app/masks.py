@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
-from typing import Literal
+import io
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 from PIL import Image
 
-MaskFormat = Literal["png", "rle", "polygon", "none"]
+MaskFormat = Literal["png", "rle", "coco_rle", "polygon", "none"]
 
 
 def place_mask(
@@ -56,15 +58,71 @@ def encode_png(mask: np.ndarray, compression: int = 1) -> str:
     return base64.b64encode(buffer.tobytes()).decode("ascii")
 
 
-def encode_rle(mask: np.ndarray) -> dict[str, list[int]]:
-    """COCO uncompressed RLE: column-major run lengths starting with a run of zeros."""
+def _column_major_runs(mask: np.ndarray) -> list[int]:
+    """Run lengths in column-major order, the first a run of zeros (COCO's convention)."""
     flat = np.asfortranarray(mask).ravel(order="F").astype(np.int8)  # (h * w,) column-major
     changes = np.flatnonzero(np.diff(flat)) + 1
     boundaries = np.concatenate(([0], changes, [flat.size]))
-    counts = np.diff(boundaries).tolist()
+    counts: list[int] = np.diff(boundaries).tolist()
     if flat.size and flat[0] == 1:
         counts = [0, *counts]  # COCO's counts always start with background
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+    return counts
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, list[int]]:
+    """COCO uncompressed RLE: column-major run lengths starting with a run of zeros."""
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": _column_major_runs(mask)}
+
+
+def encode_coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE, byte for byte what `pycocotools.mask.encode` writes (as a str).
+
+    pycocotools' rleToString: each count (from the fourth on, minus the count two before) in
+    5-bit groups, low first, 0x20 marking "more follows", sign-extended from bit 0x10, each
+    group written as chr(48 + group).
+    """
+    counts = _column_major_runs(mask)
+    out: list[str] = []
+    for index, count in enumerate(counts):
+        value = count - counts[index - 2] if index > 2 else count
+        more = True
+        while more:
+            group = value & 0x1F
+            value >>= 5  # arithmetic shift: a negative value ends at -1
+            more = value != -1 if group & 0x10 else value != 0
+            out.append(chr(48 + (group | (0x20 if more else 0))))
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": "".join(out)}
+
+
+def decode_coco_rle(rle: Mapping[str, Any]) -> np.ndarray:
+    """The bool (h, w) mask of a compressed COCO RLE (pycocotools' rleFrString, inverted)."""
+    text: str = rle["counts"]
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            group = ord(text[position]) - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and group & 0x10:
+                value |= -1 << shift  # sign-extend
+        counts.append(value + counts[-2] if len(counts) > 2 else value)
+    return decode_rle({"size": rle["size"], "counts": counts})
+
+
+def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
+    """The bool (h, w) mask of an uncompressed COCO RLE."""
+    height, width = rle["size"]
+    values = np.arange(len(rle["counts"])) % 2 == 1  # runs alternate, background first
+    flat = np.repeat(values, rle["counts"])  # (h * w,) column-major
+    return flat.reshape((width, height)).T
+
+
+def decode_png(data: str) -> np.ndarray:
+    """The bool mask of a base64 PNG mask (what mask_format=png sends)."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))) > 0
 
 
 def encode_polygons(mask: np.ndarray) -> list[list[float]]:
@@ -77,12 +135,14 @@ def encode_polygons(mask: np.ndarray) -> list[list[float]]:
 
 def encode_mask(
     mask: np.ndarray, fmt: MaskFormat, png_compression: int = 1
-) -> str | dict[str, list[int]] | list[list[float]] | None:
+) -> str | dict[str, Any] | list[list[float]] | None:
     """The mask in the requested wire format (None for `none`)."""
     if fmt == "png":
         return encode_png(mask, png_compression)
     if fmt == "rle":
         return encode_rle(mask)
+    if fmt == "coco_rle":
+        return encode_coco_rle(mask)
     if fmt == "polygon":
         return encode_polygons(mask)
     return None
