@@ -13,6 +13,7 @@ import ctypes.util
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 MARKER = "SEGMENT_BLAS_PRELOADED"  # set on the re-executed process: never loop
 
@@ -31,12 +32,15 @@ def find_openblas() -> Path | None:
 
 
 def preload_environment(
-    environ: Mapping[str, str], platform: str, library: Path | None
+    environ: Mapping[str, str],
+    platform: str,
+    library: Path | None,
+    mode: Literal["auto", "bundled"] = "auto",
 ) -> dict[str, str] | None:
-    """The environment to re-execute with, or None to run as we are."""
+    """The environment to re-execute with, or None to run as we are (`mode`: SEGMENT_BLAS)."""
     if not platform.startswith("linux") or library is None:
         return None
-    if environ.get("SEGMENT_BLAS", "auto").lower() == "bundled" or environ.get(MARKER):
+    if mode == "bundled" or environ.get(MARKER):
         return None
     preload = environ.get("LD_PRELOAD", "")
     if "openblas" in preload:

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     url_total_timeout_s: float = Field(30.0, gt=0, description="Whole image_url download.")
     url_max_redirects: int = Field(3, ge=0)
     warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
+    constrained: bool = Field(
+        True, description="Keep generation inside the detect/segment output grammar."
+    )
     png_compression: int = Field(1, ge=0, le=9, description="Mask PNG zlib level: speed first.")
     jpeg_draft: bool = Field(
         True, description="Decode big JPEGs at a DCT scale >= 2x the model input (faster)."
@@ -91,6 +94,7 @@ class Settings(BaseSettings):
         return self.models_dir / self.model
 
     def is_local_model(self) -> bool:
+        """A directory given as the model: nothing for `make models` to download."""
         return Path(self.model).expanduser().is_dir()
 
 

@@ -18,10 +18,12 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from app.constrained import OutputGrammar
 from app.dtype_policy import DtypePolicy, apply_dtype_policy
 from app.errors import Cancelled
 from app.feature_cache import FeatureCache
-from app.tokens import LOC_TOKENS, SEG_TOKENS, Piece
+from app.tokens import Piece
+from app.vocab import TokenLayout, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -30,40 +32,11 @@ PROMPT_CACHE_ENTRIES = 256  # tokenized prompts kept (a few KB each)
 
 
 @dataclass(frozen=True)
-class TokenLayout:
-    """Where the loc/seg tokens sit in this checkpoint's vocabulary (read, never assumed)."""
-
-    loc_base: int
-    seg_base: int
-    stop_ids: frozenset[int]
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, stop_ids: Sequence[int]) -> TokenLayout:
-        ids = tokenizer.convert_tokens_to_ids(
-            ["<loc0000>", f"<loc{LOC_TOKENS - 1:04d}>", "<seg000>", f"<seg{SEG_TOKENS - 1:03d}>"]
-        )
-        loc_first, loc_last, seg_first, seg_last = ids
-        if loc_last - loc_first != LOC_TOKENS - 1 or seg_last - seg_first != SEG_TOKENS - 1:
-            raise ValueError(
-                "This tokenizer's <locNNNN>/<segNNN> tokens are missing or not contiguous; it is "
-                "not a PaliGemma tokenizer."
-            )
-        return cls(loc_base=loc_first, seg_base=seg_first, stop_ids=frozenset(stop_ids))
-
-    def special_piece(self, token_id: int) -> str | None:
-        """`<locNNNN>` / `<segNNN>` for those ids, None for ordinary text tokens."""
-        if 0 <= token_id - self.loc_base < LOC_TOKENS:
-            return f"<loc{token_id - self.loc_base:04d}>"
-        if 0 <= token_id - self.seg_base < SEG_TOKENS:
-            return f"<seg{token_id - self.seg_base:03d}>"
-        return None
-
-
-@dataclass(frozen=True)
 class Generation:
     text: str
     pieces: list[Piece]
     prompt_tokens: int
+    new_tokens: int  # generated, the stop token not counted
     timings_ms: dict[str, float]  # preprocess, vision (0 when cached), generate
 
 
@@ -82,6 +55,7 @@ class PaliGemma:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.layout = layout
+        self.vocabulary = Vocabulary.from_tokenizer(self.tokenizer, layout)
         self.feature_cache = (
             feature_cache if feature_cache is not None else FeatureCache(max_entries=0, max_bytes=0)
         )
@@ -184,9 +158,14 @@ class PaliGemma:
         *,
         max_new_tokens: int,
         logits_processors: Sequence[LogitsProcessor] = (),
+        grammar: OutputGrammar | None = None,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Generation:
-        """Greedy decoding until a stop token or `max_new_tokens`; checks `cancelled` per token."""
+        """Greedy decoding until a stop token or `max_new_tokens`; checks `cancelled` per token.
+
+        With a `grammar`, it runs last among the logits processors and each token's probability
+        is the one the model gave before the grammar masked anything.
+        """
         from mlx_vlm.generate.ar import generate_step
 
         started = time.perf_counter()
@@ -196,6 +175,9 @@ class PaliGemma:
         encoded = time.perf_counter()
         ids: list[int] = []
         probs: list[float] = []
+        processors: list[LogitsProcessor] = [*logits_processors]
+        if grammar is not None:
+            processors.append(grammar)  # last: it sees what the model (and any test seam) said
         steps = generate_step(
             inputs["input_ids"],
             self.model,
@@ -203,22 +185,27 @@ class PaliGemma:
             inputs["mask"],
             max_tokens=max_new_tokens,
             temperature=0.0,
-            logits_processors=list(logits_processors) or None,
+            logits_processors=processors or None,
             cached_image_features=features,
         )
         for token, logprobs in steps:
             if cancelled():
                 raise Cancelled("generation abandoned")
+            if grammar is not None:
+                logprob = grammar.model_logprob(int(token))
+            else:
+                logprob = float(logprobs[token].item())  # type: ignore[arg-type]
             if token in self.layout.stop_ids:
                 break
             ids.append(int(token))
-            probs.append(math.exp(float(logprobs[token].item())))  # type: ignore[arg-type]
+            probs.append(math.exp(logprob))
         finished = time.perf_counter()
         pieces = self.pieces(ids, probs)
         return Generation(
             text="".join(p.text for p in pieces),
             pieces=pieces,
             prompt_tokens=int(inputs["input_ids"].shape[1]),
+            new_tokens=len(ids),
             timings_ms={
                 "preprocess": (prepared - started) * 1000,
                 "vision": (encoded - prepared) * 1000,

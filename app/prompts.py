@@ -43,10 +43,16 @@ def build_prompt(user_prompt: str, *, max_chars: int) -> str:
     return f"{task} {' ; '.join(classes)}"
 
 
+def split_task_prompt(task_prompt: str) -> tuple[str, list[str]]:
+    """`segment cat ; dog` (as `build_prompt` writes it) -> ("segment", ["cat", "dog"])."""
+    task, _, rest = task_prompt.partition(" ")
+    return task, rest.split(" ; ")
+
+
 def token_budget(task_prompt: str, *, max_objects_per_class: int, ceiling: int) -> int:
     """New tokens a prompt can need: ~24 per object (4 loc + 16 seg + label + separator).
 
     Greedy decoding stops at end-of-sequence on its own; this only bounds a runaway output.
     """
-    classes = task_prompt.split(" ", 1)[1].count(" ; ") + 1
+    classes = len(split_task_prompt(task_prompt)[1])
     return min(ceiling, classes * max_objects_per_class * TOKENS_PER_OBJECT)

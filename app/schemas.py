@@ -1,16 +1,32 @@
-"""The wire contract (OpenAPI): pydantic models at the HTTP boundary only."""
+"""The wire contract (OpenAPI): pydantic models at the boundary, and `render` into them.
+
+The HTTP route and the command line both render a pipeline result through `render`, so a
+file the CLI writes is the same JSON the service answers.
+"""
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-Mask = str | dict[str, list[int]] | list[list[float]] | None
+if TYPE_CHECKING:
+    from app.pipeline import SegmentResult
 
 
-class SegmentObject(BaseModel):
+class RleMask(BaseModel):
+    """COCO RLE: `counts` a list (rle, uncompressed) or a string (coco_rle, compressed)."""
+
+    size: tuple[int, int] = Field(description="[height, width]")
+    counts: list[int] | str = Field(description="Column-major run lengths, background first.")
+
+
+Mask = str | RleMask | list[list[float]] | None
+
+
+class ResponseObject(BaseModel):
     label: str = Field(
         description="What the model called the object (one of the prompt's classes)."
     )
@@ -19,12 +35,16 @@ class SegmentObject(BaseModel):
     )
     mask: Mask = Field(
         description="png: base64 PNG the size of the image, 0/255; rle: COCO uncompressed RLE "
-        "{size, counts} (column-major); polygon: COCO polygons; null for detect prompts, "
-        "mask_format=none, or an empty box."
+        "{size, counts} (column-major); coco_rle: COCO compressed RLE (counts a string, as "
+        "pycocotools writes it); polygon: COCO polygons (outer contours; lossy); null for "
+        "detect prompts, mask_format=none, or an empty box."
     )
     score: float | None = Field(
         description="Mean probability the model gave this object's 4 location and 16 mask tokens "
         "(greedy decoding), 0..1: higher is more certain. Use it to filter weak detections."
+    )
+    area: int = Field(
+        description="Pixels in the mask (the box's pixels for detection-only objects)."
     )
 
 
@@ -34,7 +54,13 @@ class SegmentResponse(BaseModel):
     width: int
     height: int
     text: str = Field(description="The model's raw output, loc/seg tokens included.")
-    objects: list[SegmentObject]
+    objects: list[ResponseObject]
+    overlay: str | None = Field(
+        None,
+        description="With overlay=true: base64 PNG of the image with each object's mask, box "
+        "and 'label score' drawn on it, the size of the image.",
+        exclude_if=lambda value: value is None,
+    )
     timings_ms: dict[str, float]
 
 
@@ -45,7 +71,9 @@ class HealthResponse(BaseModel):
     reason: str | None = Field(description="Why the service is not ready, and how to fix it.")
     loaded_at: datetime | None
     requests_served: int
-    queued: int
+    waiting: int = Field(description="Requests admitted and waiting for the model.")
+    running: int = Field(description="Requests the model is working on now (0 or 1).")
+    queued: int = Field(description="Same as waiting (kept for older clients).")
     random_weights: bool = Field(
         description="True for the `make demo` tiny random model: its outputs are meaningless."
     )
@@ -54,3 +82,26 @@ class HealthResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+def render(result: SegmentResult) -> SegmentResponse:
+    """The wire form of a pipeline result."""
+    return SegmentResponse(
+        model=result.model,
+        prompt=result.prompt,
+        width=result.width,
+        height=result.height,
+        text=result.text,
+        objects=[
+            ResponseObject(
+                label=o.label,
+                box=o.box,
+                mask=o.encoded_mask,
+                score=None if o.score is None else round(o.score, 4),
+                area=o.area,
+            )
+            for o in result.objects
+        ],
+        overlay=base64.b64encode(result.overlay_png).decode() if result.overlay_png else None,
+        timings_ms=result.timings_ms,
+    )

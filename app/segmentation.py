@@ -1,19 +1,25 @@
-"""The pipeline after generation: parsed objects -> decoded masks -> full-resolution objects.
+"""Objects through the pipeline's stages, and the steps between them.
 
-Used by the API, the CLI and the benchmarks. `decode_masks` runs MLX (the mask decoder), so the
-service calls it on the engine's worker thread; `place_objects` is numpy and runs anywhere.
+    ParsedObject (tokens.py: label, loc 0..1023, 16 codes)
+      -> DecodedObject (+ its own raw 64x64 mask; made on the MLX thread by `decode_objects`)
+      -> SegmentedObject (box in pixels, full-resolution mask, area; `place_object`, numpy only)
+
+Each object carries its own mask from the moment it is decoded, so nothing pairs lists by
+position across threads. `objects_from_text` is the stable in-process API for output text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from app.masks import place_mask
-from app.tokens import ParsedObject, Piece, box_to_pixels, parse_pieces, pieces_from_text
+from app.tokens import CODES_PER_MASK, ParsedObject, box_to_pixels, parse_text
+
+Box = tuple[int, int, int, int]  # x_min, y_min, x_max (exclusive), y_max in pixels
 
 
 class MaskDecoderLike(Protocol):
@@ -21,51 +27,50 @@ class MaskDecoderLike(Protocol):
 
 
 @dataclass(frozen=True)
-class SegmentedObject:
+class DecodedObject:
+    """A parsed object and its raw decoder output; plain numpy, safe to cross threads."""
+
     label: str
-    box: tuple[int, int, int, int]  # x_min, y_min, x_max, y_max in pixels of the image as sent
+    loc: tuple[int, int, int, int]  # y_min, x_min, y_max, x_max on 0..1023
+    score: float | None
+    raw_mask: np.ndarray | None  # (64, 64) float32 raw decoder map; None without 16 codes
+
+
+@dataclass(frozen=True)
+class SegmentedObject:
+    """One object at the image's own resolution: what every front end renders."""
+
+    label: str
+    box: Box
     mask: np.ndarray | None  # bool [height, width]; None for detection-only output
     score: float | None
+    area: int  # mask pixels (box pixels when there is no mask)
+    encoded_mask: Any = None  # the mask in the requested wire format, once encoded
 
 
-def decode_masks(objects: Sequence[ParsedObject], decoder: MaskDecoderLike) -> np.ndarray:
-    """Raw 64x64 masks for the objects that carry codes, in order, in one decoder call."""
-    codes = [o.codes for o in objects if o.codes is not None]
-    return decoder.decode(np.asarray(codes, dtype=np.int32).reshape(len(codes), 16))
+def decode_objects(
+    objects: Sequence[ParsedObject], decoder: MaskDecoderLike
+) -> list[DecodedObject]:
+    """Every object with codes gets its raw mask, all of them in one decoder call."""
+    with_codes = [o for o in objects if o.codes is not None]
+    codes = np.asarray([o.codes for o in with_codes], dtype=np.int32)
+    raw = iter(decoder.decode(codes.reshape(len(with_codes), CODES_PER_MASK)))  # (N, 64, 64)
+    return [
+        DecodedObject(o.label, o.loc, o.score, None if o.codes is None else next(raw))
+        for o in objects
+    ]
 
 
-def place_objects(
-    objects: Sequence[ParsedObject], raw_masks: np.ndarray, width: int, height: int
-) -> list[SegmentedObject]:
-    """Boxes to pixels; each raw mask (one per object with codes, in order) pasted into its box."""
-    return [place_object(o, raw, width, height) for o, raw in pair_masks(objects, raw_masks)]
-
-
-def pair_masks(
-    objects: Sequence[ParsedObject], raw_masks: np.ndarray
-) -> list[tuple[ParsedObject, np.ndarray | None]]:
-    """Each object with its raw mask (decode_masks returns one per object that has codes)."""
-    remaining = iter(raw_masks)
-    return [(o, None if o.codes is None else next(remaining)) for o in objects]
-
-
-def place_object(
-    obj: ParsedObject, raw_mask: np.ndarray | None, width: int, height: int
-) -> SegmentedObject:
+def place_object(obj: DecodedObject, width: int, height: int) -> SegmentedObject:
+    """Box to pixels, raw mask resized into it (numpy/OpenCV only: runs off the MLX thread)."""
     box = box_to_pixels(obj.loc, width, height)
-    mask = None if raw_mask is None else place_mask(raw_mask, box, width, height)
-    return SegmentedObject(label=obj.label, box=box, mask=mask, score=obj.score)
-
-
-def objects_from_pieces(
-    pieces: Sequence[Piece], width: int, height: int, decoder: MaskDecoderLike
-) -> list[SegmentedObject]:
-    parsed = parse_pieces(pieces)
-    return place_objects(parsed, decode_masks(parsed, decoder), width, height)
+    mask = None if obj.raw_mask is None else place_mask(obj.raw_mask, box, width, height)
+    area = int(mask.sum()) if mask is not None else (box[2] - box[0]) * (box[3] - box[1])
+    return SegmentedObject(label=obj.label, box=box, mask=mask, score=obj.score, area=area)
 
 
 def objects_from_text(
     text: str, width: int, height: int, decoder: MaskDecoderLike
 ) -> list[SegmentedObject]:
     """Objects with full-resolution masks from PaliGemma's output text (stable in-process API)."""
-    return objects_from_pieces(pieces_from_text(text), width, height, decoder)
+    return [place_object(o, width, height) for o in decode_objects(parse_text(text), decoder)]

@@ -28,7 +28,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-CODES_PER_OBJECT = 16
+from app.tokens import CODES_PER_MASK
+
 GRID = 4  # the 16 codes form a 4x4 grid, row-major: code i -> row i // 4, column i % 4
 MASK_SIZE = 64
 HIDDEN = 128
@@ -253,7 +254,7 @@ class MaskDecoder:
         kernels and matmul library, which no flag reveals.
         """
         started = time.perf_counter()
-        codes = mx.arange(AUTO_BATCH * CODES_PER_OBJECT).reshape(AUTO_BATCH, CODES_PER_OBJECT)
+        codes = mx.arange(AUTO_BATCH * CODES_PER_MASK).reshape(AUTO_BATCH, CODES_PER_MASK)
         codes = codes % model.num_embeddings  # (AUTO_BATCH, 16) int32, every code valid
         decoders = {f: cls(model, f) for f in get_args(Formulation)}
         for decoder in decoders.values():
@@ -300,8 +301,8 @@ class MaskDecoder:
         The output is the raw decoder map (roughly -1..1), not clipped: threshold at 0 for a mask.
         """
         codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != CODES_PER_OBJECT:
-            raise ValueError(f"codes must have shape [N, {CODES_PER_OBJECT}], got {codes.shape}")
+        if codes.ndim != 2 or codes.shape[1] != CODES_PER_MASK:
+            raise ValueError(f"codes must have shape [N, {CODES_PER_MASK}], got {codes.shape}")
         if not np.issubdtype(codes.dtype, np.integer):
             raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
         if codes.shape[0] == 0:

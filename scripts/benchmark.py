@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 
 from app.blas import MARKER, find_openblas, preload_environment
+from scripts.bench_constrained import grammar_alone, tiny_generation
+from scripts.bench_constrained import table as constrained_table
 from scripts.bench_real_size import table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,21 +101,21 @@ def jpeg(width: int, height: int) -> bytes:
 
 @contextmanager
 def tiny_service(model_dir: Path) -> Iterator[tuple[Any, Any]]:
-    """The real app and engine on the tiny model, made to say THREE_OBJECTS."""
+    """The real app and worker on the tiny model, made to say THREE_OBJECTS."""
     from fastapi.testclient import TestClient
     from transformers import AutoTokenizer
 
     from app.config import Settings
-    from app.engine import Engine
     from app.main import create_app
+    from app.model import create_worker
     from scripts.scripted_output import ScriptedOutput
 
     script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)))
     codes = ["".join(f"<seg{(7 * i + j) % 128:03d}>" for j in range(16)) for i in range(3)]
     script.text = THREE_OBJECTS.format(s0=codes[0], s1=codes[1], s2=codes[2])
     settings = Settings(model=str(model_dir), vae_path=model_dir / "vae-oid.npz")
-    engine = Engine(settings, logits_processors=script.processors)
-    with TestClient(create_app(settings, engine), base_url="http://127.0.0.1:8000") as client:
+    worker = create_worker(settings, logits_processors=script.processors)
+    with TestClient(create_app(settings, worker), base_url="http://127.0.0.1:8000") as client:
         while client.get("/health").status_code != 200:
             time.sleep(0.05)
         yield client, script
@@ -301,6 +303,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['second_prompt_total_ms']['median']} |",
             "",
         ]
+    if "constrained_decoding" in results:
+        lines += constrained_table(results["constrained_decoding"])
     if "real_size" in results:
         real = results["real_size"]
         lines += [
@@ -341,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         results["request_overhead"] = request_overhead(model_dir, repeats)
         print("repeated image ...", flush=True)
         results["repeated_image"] = repeated_image(model_dir, repeats)
+        print("constrained decoding ...", flush=True)
+        results["constrained_decoding"] = {
+            "grammar_alone": grammar_alone(repeats),
+            "tiny_generation": tiny_generation(model_dir, repeats),
+        }
     if args.real_size:  # ~30 min on 2 cores: builds ~6 GB of random weights once, then times
         subprocess.run(
             [

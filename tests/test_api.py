@@ -10,7 +10,7 @@ import base64
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,11 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from app.config import Settings
-from app.engine import Engine
 from app.main import create_app
+from app.model import SegmentationModel, create_worker
 from app.paligemma import PaliGemma
 from app.tokens import box_to_pixels
+from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
 from scripts.scripted_output import ScriptedOutput
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
 from tests.service import local_client, tiny_settings, wait_healthy
@@ -70,9 +71,11 @@ def service(tiny_model_dir: Path) -> Iterator[Service]:
     script = ScriptedOutput(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PaliGemma, "load", classmethod(counting_load))
-        settings = tiny_settings(tiny_model_dir, url_allowlist=["127.0.0.1"])
-        engine = Engine(settings, logits_processors=script.processors)
-        with local_client(create_app(engine.settings, engine)) as client:
+        # Unconstrained: these tests force output, malformed on purpose in places; the output
+        # grammar is tested end to end below (the demo) and in tests/test_constrained.py.
+        settings = tiny_settings(tiny_model_dir, url_allowlist=["127.0.0.1"], constrained=False)
+        worker = create_worker(settings, logits_processors=script.processors)
+        with local_client(create_app(settings, worker)) as client:
             wait_healthy(client)
             yield Service(client, script, loads)
 
@@ -114,7 +117,7 @@ def test_segment_two_objects_end_to_end(service: Service) -> None:
 
 def test_masks_differ_with_their_codes(service: Service) -> None:
     same_box = locs(*CAT_LOC)
-    text = f"{same_box}{segs(*range(16))} a ; {same_box}{segs(*range(112, 128))} b"
+    text = f"{same_box}{segs(*range(16))} cat ; {same_box}{segs(*range(112, 128))} dog"
     a, b = service.segment(text, image_bytes(gradient(320, 240))).json()["objects"]
     assert a["box"] == b["box"] and a["mask"] != b["mask"]
 
@@ -222,6 +225,48 @@ def test_unforced_generation_runs_the_real_model(service: Service) -> None:
     assert isinstance(response.json()["text"], str)
 
 
+@pytest.fixture(scope="module")
+def demo(tiny_model_dir: Path) -> Iterator[TestClient]:
+    """`make demo`: the random model with the default settings (constrained decoding on)."""
+    with local_client(create_app(tiny_settings(tiny_model_dir))) as client:
+        wait_healthy(client)
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("prompt", "classes", "size"),
+    [("cat", ["cat"], (64, 64)), ("left wheel ; dog", ["left wheel", "dog"], (640, 480))],
+)
+def test_the_demo_shows_a_well_formed_object_per_class(
+    demo: TestClient, prompt: str, classes: list[str], size: tuple[int, int]
+) -> None:
+    response = demo.post(
+        "/segment",
+        data={"prompt": prompt, "overlay": "true"},
+        files={"image_file": ("a.png", image_bytes(gradient(*size)))},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["objects"]) == len(classes)
+    for obj in body["objects"]:
+        assert obj["label"] in classes
+        x0, y0, x1, y1 = obj["box"]
+        assert 0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1]
+        mask = decode_png(obj["mask"])
+        assert mask.shape == (size[1], size[0]) and obj["area"] == int(mask.sum())
+        assert obj["score"] < 0.05  # forced by the grammar: the random model never chose it
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"])))
+    assert overlay.size == size and overlay.mode == "RGB"
+    assert "overlay" in body["timings_ms"]
+
+
+def test_overlay_is_only_there_when_asked(demo: TestClient) -> None:
+    response = demo.post(
+        "/segment", data={"prompt": "cat"}, files={"image_file": ("a.png", image_bytes(gradient()))}
+    )
+    assert "overlay" not in response.json()
+
+
 @pytest.mark.parametrize(
     ("form", "files", "status", "says"),
     [
@@ -272,29 +317,36 @@ def test_model_id_naming_the_loaded_model_is_accepted(service: Service) -> None:
 
 def test_model_is_loaded_once_across_many_requests(service: Service) -> None:
     before = service.client.get("/health").json()
+    loads = len(service.loads)
     for _ in range(5):
         assert service.segment(CAT, image_bytes(gradient(80, 60))).status_code == 200
     after = service.client.get("/health").json()
-    assert len(service.loads) == 1
+    assert len(service.loads) == loads
     assert after["loaded_at"] == before["loaded_at"]
     assert after["requests_served"] == before["requests_served"] + 5
     assert after["device"] in ("cpu", "gpu")
     assert after["random_weights"] is True  # the tiny model says so, so users are not misled
 
 
-class _GatedEngine(Engine):
-    """Loading waits for the test to open the gate, so 'loading' can be observed."""
+class _Gated:
+    """A model side whose load waits for the test to open the gate, so 'loading' is seen."""
 
-    gate = threading.Event()
+    def __init__(self, inner: SegmentationModel) -> None:
+        self.inner, self.name, self.gate = inner, inner.name, threading.Event()
 
-    def _load(self) -> None:
+    def load(self) -> ModelInfo:
         self.gate.wait(30)
-        super()._load()
+        return self.inner.load()
+
+    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> ModelOutput:
+        return self.inner.run(request, cancelled)
 
 
 def test_health_is_503_while_loading_then_200(tiny_model_dir: Path) -> None:
-    engine = _GatedEngine(tiny_settings(tiny_model_dir, warmup=False))
-    with local_client(create_app(engine.settings, engine)) as client:
+    settings = tiny_settings(tiny_model_dir, warmup=False)
+    gated = _Gated(SegmentationModel(settings))
+    worker = Worker(gated, max_queue=1, request_timeout_s=30)
+    with local_client(create_app(settings, worker)) as client:
         loading = client.get("/health")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
         assert loading.headers["retry-after"]
@@ -304,7 +356,7 @@ def test_health_is_503_while_loading_then_200(tiny_model_dir: Path) -> None:
             files={"image_file": ("a.png", image_bytes(gradient(8, 8)))},
         )
         assert busy.status_code == 503 and "loading" in busy.json()["detail"]
-        engine.gate.set()
+        gated.gate.set()
         body = wait_healthy(client)
         assert body["status"] == "ok" and body["loaded_at"] and body["reason"] is None
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from app.blas import MARKER, find_openblas, preload_environment
+from app.config import Settings
 
 LIB = Path("/opt/lib/libopenblas.so")
 
@@ -23,19 +26,29 @@ def test_existing_preloads_are_kept() -> None:
 
 
 @pytest.mark.parametrize(
-    ("environ", "platform", "library"),
+    ("environ", "platform", "library", "mode"),
     [
-        ({}, "darwin", LIB),  # macOS: Metal and Accelerate, never touched
-        ({}, "linux", None),  # nothing to preload
-        ({"SEGMENT_BLAS": "bundled"}, "linux", LIB),  # turned off
-        ({MARKER: str(LIB)}, "linux", LIB),  # already re-executed: no loop
-        ({"LD_PRELOAD": "/usr/lib/libopenblas.so.0"}, "linux", LIB),  # user's own choice
+        ({}, "darwin", LIB, "auto"),  # macOS: Metal and Accelerate, never touched
+        ({}, "linux", None, "auto"),  # nothing to preload
+        ({}, "linux", LIB, "bundled"),  # turned off (SEGMENT_BLAS=bundled)
+        ({MARKER: str(LIB)}, "linux", LIB, "auto"),  # already re-executed: no loop
+        ({"LD_PRELOAD": "/usr/lib/libopenblas.so.0"}, "linux", LIB, "auto"),  # user's own choice
     ],
 )
-def test_no_preload(environ: dict[str, str], platform: str, library: Path | None) -> None:
-    assert preload_environment(environ, platform, library) is None
+def test_no_preload(
+    environ: dict[str, str], platform: str, library: Path | None, mode: Literal["auto", "bundled"]
+) -> None:
+    assert preload_environment(environ, platform, library, mode) is None
 
 
+def test_the_setting_is_what_decides() -> None:
+    """SEGMENT_BLAS reaches `python -m app` through Settings, like every other setting."""
+    assert Settings(blas="bundled").blas == "bundled"  # type: ignore[call-arg]
+    env = preload_environment({"SEGMENT_BLAS": "bundled"}, "linux", LIB, "auto")
+    assert env is not None  # the environment alone no longer decides
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the OpenBLAS preload is Linux-only")
 def test_the_opencv_wheel_brings_an_openblas() -> None:
     library = find_openblas()
     assert library is not None and library.is_file() and "openblas" in library.name

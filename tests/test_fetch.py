@@ -14,8 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.fetch import UrlPolicy
-from app.main import create_app
-from tests.fake_engine import FakeEngine
+from tests.fake_model import fake_service
 from tests.images import gradient, image_bytes
 from tests.service import local_client, wait_healthy
 
@@ -85,8 +84,8 @@ def origin() -> Iterator[str]:
 
 
 def client_with(**settings: Any) -> TestClient:
-    engine = FakeEngine(Settings(model="fake/model", warmup=False, **settings))
-    return local_client(create_app(engine.settings, engine), raise_server_exceptions=False)
+    fake = fake_service(Settings(model="fake/model", warmup=False, **settings))
+    return local_client(fake.app(), raise_server_exceptions=False)
 
 
 def fetch(client: TestClient, url: str):  # type: ignore[no-untyped-def]

@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from app.main import create_app
 from tests.service import live_server, tiny_settings
 
+pytestmark = pytest.mark.slow  # starts a server process or a live server
+
 schemathesis = pytest.importorskip("schemathesis")
 
 EXAMPLES_PER_OPERATION = 40  # bounded for CI; raise locally for a deeper run

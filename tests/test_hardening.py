@@ -1,6 +1,6 @@
 """Every bad input gets a clear JSON error and the service stays healthy; strangers stay out.
 
-These run against a fake engine (no model), so they are fast and can script failures.
+These run against a fake model side (no model), so they are fast and can script failures.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.main import create_app
-from tests.fake_engine import FakeEngine, Hold
+from app.worker import ModelRequest
+from tests.fake_model import FakeService, Hold, fake_service
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
 from tests.service import live_server, local_client, wait_healthy
 
@@ -34,18 +34,18 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine(make_settings())
+def fake() -> FakeService:
+    return fake_service(make_settings())
 
 
-def serve(engine: FakeEngine) -> TestClient:
+def serve(fake: FakeService) -> TestClient:
     # Errors are asserted through their responses (a 500 included), not re-raised in the test.
-    return local_client(create_app(engine.settings, engine), raise_server_exceptions=False)
+    return local_client(fake.app(), raise_server_exceptions=False)
 
 
 @pytest.fixture
-def client(engine: FakeEngine) -> Iterator[TestClient]:
-    with serve(engine) as c:
+def client(fake: FakeService) -> Iterator[TestClient]:
+    with serve(fake) as c:
         wait_healthy(c)
         yield c
 
@@ -215,7 +215,7 @@ GOOD_IMAGES = [
 )
 def test_awkward_but_valid_images_are_converted(
     client: TestClient,
-    engine: FakeEngine,
+    fake: FakeService,
     name: str,
     data: bytes,
     filename: str,
@@ -224,13 +224,13 @@ def test_awkward_but_valid_images_are_converted(
     response = post(client, files=upload(data, filename))
     assert response.status_code == 200, response.text
     assert (response.json()["width"], response.json()["height"]) == size
-    image = engine.images[-1]
+    image = fake.model.images[-1]
     assert image.mode == "RGB" and image.size == size
 
 
-def test_first_frame_is_the_one_segmented(client: TestClient, engine: FakeEngine) -> None:
+def test_first_frame_is_the_one_segmented(client: TestClient, fake: FakeService) -> None:
     post(client, files=upload(multi_frame("GIF"), "a.gif"))
-    r, _, b = engine.images[-1].getpixel((5, 5))
+    r, _, b = fake.model.images[-1].getpixel((5, 5))
     assert r > 200 and b < 50
 
 
@@ -241,28 +241,28 @@ def test_unknown_form_fields_are_ignored(client: TestClient) -> None:
 
 # -- size limits while streaming -------------------------------------------------------------
 @pytest.fixture
-def small_limit_client() -> Iterator[tuple[TestClient, FakeEngine]]:
-    engine = FakeEngine(make_settings(max_upload_bytes=10_000))
-    with serve(engine) as c:
+def small_limit_client() -> Iterator[tuple[TestClient, FakeService]]:
+    fake = fake_service(make_settings(max_upload_bytes=10_000))
+    with serve(fake) as c:
         wait_healthy(c)
-        yield c, engine
+        yield c, fake
 
 
-def test_upload_over_the_limit(small_limit_client: tuple[TestClient, FakeEngine]) -> None:
-    client, engine = small_limit_client
+def test_upload_over_the_limit(small_limit_client: tuple[TestClient, FakeService]) -> None:
+    client, fake = small_limit_client
     big = image_bytes(
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     )
     assert len(big) > 80_000
     response = post(client, files=upload(big))
     assert response.status_code == 413 and "10,000" in response.json()["detail"]
-    assert engine.images == []
+    assert fake.model.images == []
 
 
 def test_streamed_body_is_refused_before_it_is_all_sent() -> None:
     """Chunked upload (no Content-Length) over a real socket: the client sends 20x the limit and
     then waits; the 413 must already have come while the rest was never sent."""
-    engine = FakeEngine(make_settings(max_upload_bytes=10_000))
+    fake = fake_service(make_settings(max_upload_bytes=10_000))
     head = (
         b"POST /segment HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
@@ -270,7 +270,7 @@ def test_streamed_body_is_refused_before_it_is_all_sent() -> None:
     part = b'--b\r\nContent-Disposition: form-data; name="image_file"; filename="a.png"\r\n\r\n'
     chunks = [part] + [b"\0" * 10_000] * 20
 
-    with live_server(create_app(engine.settings, engine)) as url:
+    with live_server(fake.app()) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks))
@@ -278,11 +278,11 @@ def test_streamed_body_is_refused_before_it_is_all_sent() -> None:
             reply = conn.recv(65536).decode("latin-1")
     assert reply.startswith("HTTP/1.1 413"), reply[:200]
     assert "content-type: application/json" in reply and "connection: close" in reply
-    assert engine.images == []
+    assert fake.model.images == []
 
 
 def test_declared_content_length_over_the_limit(
-    small_limit_client: tuple[TestClient, FakeEngine],
+    small_limit_client: tuple[TestClient, FakeService],
 ) -> None:
     client, _ = small_limit_client
     response = client.post(
@@ -311,8 +311,8 @@ def test_foreign_host_headers_are_refused(client: TestClient, host: str) -> None
 
 
 def test_configured_hosts_are_accepted() -> None:
-    engine = FakeEngine(make_settings(allowed_hosts=["mac-studio.local"]))
-    with serve(engine) as client:
+    fake = fake_service(make_settings(allowed_hosts=["mac-studio.local"]))
+    with serve(fake) as client:
         assert client.get("/health", headers={"Host": "mac-studio.local:8000"}).status_code == 200
 
 
@@ -328,8 +328,8 @@ def test_cross_site_posts_are_refused(client: TestClient) -> None:
 
 
 def test_same_origin_and_configured_origins_are_allowed() -> None:
-    engine = FakeEngine(make_settings(allowed_origins=["https://app.example"]))
-    with serve(engine) as client:
+    fake = fake_service(make_settings(allowed_origins=["https://app.example"]))
+    with serve(fake) as client:
         wait_healthy(client)
         same = post(client, files=upload(PNG), headers={"Origin": "http://127.0.0.1:8000"})
         assert same.status_code == 200
@@ -348,8 +348,8 @@ def test_same_origin_and_configured_origins_are_allowed() -> None:
 
 
 def test_bearer_token() -> None:
-    engine = FakeEngine(make_settings(api_token="s3cret-token"))
-    with serve(engine) as client:
+    fake = fake_service(make_settings(api_token="s3cret-token"))
+    with serve(fake) as client:
         assert client.get("/health").status_code == 200  # open for monitoring
         missing = post(client, files=upload(PNG))
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
@@ -361,37 +361,39 @@ def test_bearer_token() -> None:
 
 
 def test_warning_when_exposed_without_a_token(caplog: pytest.LogCaptureFixture) -> None:
-    engine = FakeEngine(make_settings(host="0.0.0.0"))
-    with caplog.at_level(logging.WARNING), serve(engine):
+    fake = fake_service(make_settings(host="0.0.0.0"))
+    with caplog.at_level(logging.WARNING), serve(fake):
         pass
     assert "without SEGMENT_API_TOKEN" in caplog.text
 
 
 # -- load and faults ---------------------------------------------------------------------------
 def test_full_queue_answers_503_with_retry_after() -> None:
-    engine = FakeEngine(make_settings(max_queue=1))
+    fake = fake_service(make_settings(max_queue=1))
     holds = [Hold(), Hold()]
-    engine.replies.extend(holds)
-    with serve(engine) as client, ThreadPoolExecutor(4) as pool:
+    fake.model.enqueue(*holds)
+    with serve(fake) as client, ThreadPoolExecutor(4) as pool:
         wait_healthy(client)
         running = pool.submit(post, client, files=upload(PNG))
         assert holds[0].started.wait(10)
         waiting = pool.submit(post, client, files=upload(PNG))
-        while client.get("/health").json()["queued"] < 2:
+        while client.get("/health").json()["waiting"] < 1:
             pass
+        health = client.get("/health").json()
+        assert (health["waiting"], health["running"]) == (1, 1)
         rejected = post(client, files=upload(PNG))
         assert rejected.status_code == 503 and rejected.headers["retry-after"]
-        assert "waiting" in rejected.json()["detail"]
+        assert "1 requests are already waiting" in rejected.json()["detail"]
         for hold in holds:
             hold.release.set()
         assert running.result().status_code == 200 and waiting.result().status_code == 200
 
 
 def test_timeout_answers_504_and_does_not_wedge_the_worker() -> None:
-    engine = FakeEngine(make_settings(request_timeout_s=0.3))
+    fake = fake_service(make_settings(request_timeout_s=0.3))
     hold = Hold()
-    engine.replies.append(hold)
-    with serve(engine) as client:
+    fake.model.enqueue(hold)
+    with serve(fake) as client:
         wait_healthy(client)
         response = post(client, files=upload(PNG))
         assert (
@@ -402,9 +404,9 @@ def test_timeout_answers_504_and_does_not_wedge_the_worker() -> None:
 
 
 def test_a_failure_inside_the_model_is_a_500_with_a_request_id_and_the_next_request_works(
-    client: TestClient, engine: FakeEngine, caplog: pytest.LogCaptureFixture
+    client: TestClient, fake: FakeService, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine.replies.append(RuntimeError("decoder exploded"))
+    fake.model.enqueue(RuntimeError("decoder exploded"))
     with caplog.at_level(logging.ERROR):
         response = post(client, files=upload(PNG))
     assert response.status_code == 500
@@ -415,29 +417,35 @@ def test_a_failure_inside_the_model_is_a_500_with_a_request_id_and_the_next_requ
     assert post(client, files=upload(PNG)).status_code == 200
 
 
-def test_a_departed_client_stops_its_generation(engine: FakeEngine) -> None:
+def test_a_departed_client_stops_its_generation(fake: FakeService) -> None:
     """Cancelling the awaiting request (what a disconnect does) stops the job on the worker."""
     import asyncio
 
     from app.main import _unless_disconnected
 
     hold = Hold()
-    engine.replies.append(hold)
+    fake.model.enqueue(hold)
 
     class GoneRequest:
         async def is_disconnected(self) -> bool:
             return hold.started.is_set()
 
     async def scenario() -> None:
-        await engine.wait_ready()
+        await fake.worker.wait_ready()
         with pytest.raises(Exception, match="closed the connection"):
             await _unless_disconnected(
-                GoneRequest(), engine.infer(Image.new("RGB", (4, 4)), "x", 4)
+                GoneRequest(), fake.worker.submit(ModelRequest(Image.new("RGB", (4, 4)), "x", 4))
             )  # type: ignore[arg-type]
         assert await asyncio.to_thread(hold.cancelled.wait, 5)
-        assert engine.status().queued == 0
-        await engine.infer(Image.new("RGB", (4, 4)), "x", 4)  # the worker is free again
-        await engine.close()
+        for _ in range(500):  # the job leaves the thread right after it sees the cancel
+            if fake.worker.status().running == 0:
+                break
+            await asyncio.sleep(0.01)
+        status = fake.worker.status()
+        assert (status.waiting, status.running) == (0, 0)
+        # The worker is free again.
+        await fake.worker.submit(ModelRequest(Image.new("RGB", (4, 4)), "x", 4))
+        await fake.worker.close()
 
     asyncio.run(scenario())
 

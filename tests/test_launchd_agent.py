@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from app.__main__ import GRACEFUL_SHUTDOWN_S
 from app.config import DEFAULT_MODEL, Settings
+from app.server import GRACEFUL_SHUTDOWN_S
 from scripts.launchd_agent import (
     LABEL,
     ROOT,

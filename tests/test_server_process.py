@@ -12,6 +12,8 @@ import pytest
 from tests.images import gradient, image_bytes
 from tests.service import AppProcess
 
+pytestmark = pytest.mark.slow  # starts a server process or a live server
+
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:

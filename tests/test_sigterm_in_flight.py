@@ -17,9 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.__main__ import GRACEFUL_SHUTDOWN_S
+from app.server import GRACEFUL_SHUTDOWN_S
 from tests.images import gradient, image_bytes
 from tests.service import AppProcess
+
+pytestmark = pytest.mark.slow  # starts a server process or a live server
 
 MAX_NEW_TOKENS = 4096  # the settings' ceiling: room for requests many seconds long
 EXIT_MARGIN_S = 10.0  # after the drain: stop at the next token, unload, exit
@@ -29,13 +31,15 @@ class Server(AppProcess):
     """`python -m app` (or `argv`) on the tiny model, allowed very long generations."""
 
     def __init__(self, model_dir: Path, log: Path, argv: list[str]) -> None:
-        super().__init__(model_dir, log, argv, {"SEGMENT_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS)})
+        # Unconstrained: the output grammar would end the random model's output after one object.
+        env = {"SEGMENT_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS), "SEGMENT_CONSTRAINED": "false"}
+        super().__init__(model_dir, log, argv, env)
 
     def wait_generating(self, timeout_s: float = 10) -> None:
-        """Until /health counts the request as admitted, plus a moment to reach the token loop."""
+        """Until /health counts the request as running, plus a moment to reach the token loop."""
         deadline = time.monotonic() + timeout_s
-        while httpx.get(f"{self.url}/health", timeout=2).json()["queued"] < 1:
-            assert time.monotonic() < deadline, "the request never reached the engine"
+        while httpx.get(f"{self.url}/health", timeout=2).json()["running"] < 1:
+            assert time.monotonic() < deadline, "the request never reached the worker"
             time.sleep(0.02)
         time.sleep(0.3)
 
@@ -78,7 +82,9 @@ def tokens_lasting(seconds: float, per_token_s: float) -> int:
     return max(16, min(MAX_NEW_TOKENS, int(seconds / per_token_s)))
 
 
-SHORT_DRAIN = "import app.__main__ as m; m.GRACEFUL_SHUTDOWN_S = 1; m.main()"
+SHORT_DRAIN = (
+    "import app.server as s; s.GRACEFUL_SHUTDOWN_S = 1; import app.__main__ as m; m.main()"
+)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +142,7 @@ def test_a_request_outlasting_the_drain_is_stopped_and_answered(
     servers: dict[str, Server],
 ) -> None:
     server = servers["short_drain"]
-    # About 8 s of generation: far beyond the drain, so the engine must stop it mid-way.
+    # About 8 s of generation: far beyond the drain, so the worker must stop it mid-way.
     request = InFlight(server.url, tokens_lasting(8.0, server.seconds_per_token()))
     exited, answered = sigterm_during(server, request)
     # The generation stopped mid-way instead of running its ~8 s to the end.
@@ -144,7 +150,7 @@ def test_a_request_outlasting_the_drain_is_stopped_and_answered(
     assert server.port_is_free()
     assert request.response is not None, f"no HTTP answer: {request.error!r}"
     response = request.response
-    # When the drain time is up the engine abandons the job, so the answer is a JSON 503,
+    # When the drain time is up the worker abandons the job, so the answer is a JSON 503,
     # not the bare 500 uvicorn gives a request it has to cancel itself.
     assert response.status_code == 503, response.text
     assert "shutting down" in response.json()["detail"]

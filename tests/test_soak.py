@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from scripts import soak
+
+pytestmark = pytest.mark.slow  # starts a server process or a live server
 
 
 def test_short_soak_has_no_5xx_no_hang_and_no_memory_growth(tmp_path: Path) -> None:

@@ -1,0 +1,144 @@
+"""Where the `segment` command's images go: a model in this process, or a running service."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from app.config import Settings
+from app.errors import NotReady, ServiceError
+from app.masks import decode_coco_rle, encode_mask
+from app.pipeline import SegmentOptions, SegmentResult
+from app.segmentation import SegmentedObject
+from app.segmenter import Segmenter
+
+SERVICE_TIMEOUT_S = 600.0  # one image, queue included; the service has its own limit
+READY_WAIT_S = 120.0  # a service that is still loading gets this long
+
+
+class LocalModel:
+    """The model loaded once in this process, for every image of the command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.segmenter: Segmenter | None = None
+
+    def __enter__(self) -> LocalModel:
+        self.segmenter = Segmenter.load(self.settings)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.segmenter is not None:
+            self.segmenter.close()
+
+    def __call__(self, path: Path, options: SegmentOptions) -> SegmentResult:
+        assert self.segmenter is not None
+        return self.segmenter.segment(
+            path,
+            options.prompt,
+            mask_format=options.mask_format,
+            overlay=options.overlay,
+            max_new_tokens=options.max_new_tokens,
+        )
+
+
+class RemoteService:
+    """A running service: masks travel as COCO RLE (exact, compact) and are re-encoded here
+    in the asked format, so the files written are the same as with a local model."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(headers=headers, timeout=SERVICE_TIMEOUT_S, trust_env=False)
+
+    def __enter__(self) -> RemoteService:
+        self._wait_ready()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.client.close()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_WAIT_S
+        while True:
+            try:
+                health = self.client.get(f"{self.url}/health", timeout=10)
+            except httpx.HTTPError as exc:
+                raise NotReady(
+                    f"Cannot reach the service at {self.url} ({exc.__class__.__name__}); is it "
+                    "running (`make serve`)?"
+                ) from exc
+            body = (
+                health.json()
+                if health.headers.get("content-type", "").startswith("application/json")
+                else {}
+            )
+            if health.status_code == 200:
+                return
+            if body.get("status") != "loading" or time.monotonic() > deadline:
+                raise NotReady(f"The service at {self.url} cannot serve: {body.get('reason')}")
+            time.sleep(1)
+
+    def __call__(self, path: Path, options: SegmentOptions) -> SegmentResult:
+        data = path.read_bytes()
+        form = {
+            "prompt": options.prompt,
+            "mask_format": "coco_rle" if options.mask_format != "none" else "none",
+            "overlay": str(options.overlay).lower(),
+        }
+        if options.max_new_tokens:
+            form["max_new_tokens"] = str(options.max_new_tokens)
+        try:
+            response = self.client.post(
+                f"{self.url}/segment", data=form, files={"image_file": (path.name, data)}
+            )
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"the request failed: {exc.__class__.__name__}: {exc}") from exc
+        body = response.json()
+        if response.status_code != 200:
+            raise ServiceError(f"the service answered {response.status_code}: {body['detail']}")
+        return _result(body, options)
+
+
+def _result(body: dict[str, Any], options: SegmentOptions) -> SegmentResult:
+    """The service's JSON back into a pipeline result, masks decoded and re-encoded as asked."""
+    objects = []
+    for wire in body["objects"]:
+        mask = decode_coco_rle(wire["mask"]) if wire["mask"] is not None else None
+        obj = SegmentedObject(
+            label=wire["label"],
+            box=tuple(wire["box"]),
+            mask=mask,
+            score=wire["score"],
+            area=wire["area"],
+        )
+        if mask is not None and options.mask_format != "none":
+            obj = replace(obj, encoded_mask=encode_mask(mask, options.mask_format))
+        objects.append(obj)
+    overlay = body.get("overlay")
+    return SegmentResult(
+        model=body["model"],
+        prompt=body["prompt"],
+        width=body["width"],
+        height=body["height"],
+        text=body["text"],
+        objects=objects,
+        overlay_png=base64.b64decode(overlay) if overlay else None,
+        timings_ms=body["timings_ms"],
+    )

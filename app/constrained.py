@@ -1,0 +1,200 @@
+"""Constrained decoding: greedy generation kept inside PaliGemma's detect/segment output grammar.
+
+    output := object (" ; " object)* <eos>       object := <loc>x4 [<seg>x16] label
+    label  := one of the prompt's classes, with or without a leading space
+
+A logits processor (mlx-vlm calls it before every sampling step) masks every token the grammar
+does not allow next. It only completes what the model began: at an object boundary it ends the
+output unless the model's own most likely token is a `<loc>`, so it never invents an object a
+real model did not start. On output that is already well-formed it changes no token. Random
+demo weights are the exception (`random_weights`): their preferences mean nothing, so the
+grammar itself writes one object per class asked, with a box big enough to see, and ends.
+
+It also keeps each step's unconstrained log-probabilities, so a score reflects what the model
+believed, and a forced token shows as low confidence.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+import mlx.core as mx
+import numpy as np
+
+from app.tokens import CODES_PER_MASK, LOC_TOKENS, SEG_TOKENS
+from app.vocab import Vocabulary
+
+LABEL_PREFIXES = (b" ", b"")  # PaliGemma writes " cat" after the codes; tolerate "cat"
+SEPARATORS = (b" ; ", b"; ")  # big_vision writes " ; "; its own parser also reads "; "
+RANDOM_MODEL_MIN_BOX = 256  # loc units (a quarter of each side): a demo box and mask to see
+
+
+class Phase(enum.Enum):
+    BOUNDARY = "boundary"  # before an object: its first <loc>, or the end
+    LOCS = "locs"
+    CODES = "codes"
+    TEXT = "text"  # the label, then a separator or the end
+    DONE = "done"
+    FREE = "free"  # a token arrived the grammar did not allow: stop constraining
+
+
+class OutputGrammar:
+    """One request's constraint; call order is mlx-vlm's: one call per sampling step."""
+
+    def __init__(
+        self,
+        vocabulary: Vocabulary,
+        *,
+        task: str,
+        classes: list[str],
+        random_weights: bool = False,
+    ) -> None:
+        self.vocabulary = vocabulary
+        self.layout = vocabulary.layout
+        self.codes_per_object = CODES_PER_MASK if task == "segment" else 0
+        self.classes = [c.encode("utf-8") for c in classes]
+        self.random_weights = random_weights
+        self.start_objects = len(classes) if random_weights else 0  # objects begun regardless
+        self.min_box = RANDOM_MODEL_MIN_BOX if random_weights else 1  # y_max - y_min at least
+        self.phase = Phase.BOUNDARY
+        self.locs: list[int] = []
+        self.codes = 0
+        self.text = b""
+        self.objects = 0  # objects begun
+        # Per step, before the constraint: (logits (1, V), their logsumexp (1,)).
+        self.model_logprobs: deque[tuple[mx.array, mx.array]] = deque()
+        self._steps = 0
+        self._positions: mx.array | None = None
+
+    # -- the logits processor ---------------------------------------------------------------
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        """`logits` (1, V) for the next token; `tokens` ends with the token chosen last step."""
+        if self._steps > 0:
+            self.advance(_scalar(tokens[-1]))
+        self._steps += 1
+        # Lazy, and only the chosen token's value is ever read: no full log-softmax here.
+        self.model_logprobs.append((logits, mx.logsumexp(logits, axis=-1)))
+        allowed = self.allowed(logits)
+        if allowed is None:
+            return logits
+        return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+    def model_logprob(self, token: int) -> float:
+        """The model's own log-probability of the token just sampled (oldest step first)."""
+        logits, log_total = self.model_logprobs.popleft()
+        return float(np.asarray(logits[0, token] - log_total[0]))
+
+    # -- the grammar ------------------------------------------------------------------------
+    def advance(self, token: int) -> None:
+        """Move past the token sampled last step."""
+        if self.phase in (Phase.DONE, Phase.FREE):
+            return
+        if token in self.layout.stop_ids:
+            self.phase = Phase.DONE
+        elif self.phase in (Phase.BOUNDARY, Phase.LOCS):
+            self._advance_loc(token)
+        elif self.phase is Phase.CODES:
+            self._advance_code(token)
+        else:
+            self._advance_text(token)
+
+    def _advance_loc(self, token: int) -> None:
+        value = self.layout.loc_value(token)
+        if value is None:
+            self.phase = Phase.FREE
+            return
+        if self.phase is Phase.BOUNDARY:
+            self.objects += 1
+            self.phase, self.locs = Phase.LOCS, []
+        self.locs.append(value)
+        if len(self.locs) == 4:
+            self.codes, self.text = 0, b""
+            self.phase = Phase.CODES if self.codes_per_object else Phase.TEXT
+
+    def _advance_code(self, token: int) -> None:
+        if self.layout.seg_value(token) is None:
+            self.phase = Phase.FREE
+            return
+        self.codes += 1
+        if self.codes == self.codes_per_object:
+            self.phase = Phase.TEXT
+
+    def _advance_text(self, token: int) -> None:
+        self.text += self.vocabulary.bytes_of.get(token, b"\x00")
+        ends, objects_end = self._label_texts()
+        if not any(t.startswith(self.text) for t in ends | objects_end):
+            self.phase = Phase.FREE
+        elif self.text in objects_end:
+            self.phase = Phase.BOUNDARY
+
+    def allowed(self, logits: mx.array) -> mx.array | None:
+        """Bool (V,) of the tokens allowed next; None when anything goes."""
+        if self.phase is Phase.FREE:
+            return None
+        if self.phase is Phase.BOUNDARY:
+            if self.objects < self.start_objects or (
+                not self.random_weights and self._model_starts_object(logits)
+            ):
+                return self._loc_range(0, LOC_TOKENS - 1 - self.min_box, logits)
+            return self._ids(self.layout.stop_ids, logits)
+        if self.phase is Phase.LOCS:
+            low = 0
+            if len(self.locs) >= 2:  # y_max, x_max: beyond y_min, x_min by the minimum size
+                low = self.locs[len(self.locs) - 2] + self.min_box
+            high = LOC_TOKENS - 1 if len(self.locs) >= 2 else LOC_TOKENS - 1 - self.min_box
+            return self._loc_range(low, high, logits)
+        if self.phase is Phase.CODES:
+            base = self.layout.seg_base
+            return self._range(base, base + SEG_TOKENS - 1, logits)
+        if self.phase is Phase.TEXT:
+            return self._ids(self._text_continuations(), logits)
+        return self._ids(self.layout.stop_ids, logits)  # DONE
+
+    def _label_texts(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """The current object's label texts that may end the output, and those that go on to
+        the next object. Random weights get each class in turn, one object per class."""
+        classes: list[bytes] = self.classes
+        separators: tuple[bytes, ...] = SEPARATORS
+        if self.random_weights:
+            classes = [classes[(self.objects - 1) % len(classes)]]
+            separators = SEPARATORS if self.objects < self.start_objects else ()
+        labels = {prefix + c for c in classes for prefix in LABEL_PREFIXES}
+        return frozenset(labels), frozenset(label + s for label in labels for s in separators)
+
+    def _model_starts_object(self, logits: mx.array) -> bool:
+        return self.layout.loc_value(_scalar(mx.argmax(logits, axis=-1))) is not None
+
+    def _text_continuations(self) -> set[int]:
+        found: set[int] = set()
+        ends, objects_end = self._label_texts()
+        for target in ends | objects_end:
+            if len(target) > len(self.text) and target.startswith(self.text):
+                found |= self.vocabulary.ids_spelling_a_prefix_of(target[len(self.text) :])
+        if self.text in ends and self.objects >= self.start_objects:
+            found |= self.layout.stop_ids
+        return found or set(self.layout.stop_ids)  # a label no token can spell: end, never NaN
+
+    # -- masks ------------------------------------------------------------------------------
+    def _loc_range(self, low: int, high: int, logits: mx.array) -> mx.array:
+        base = self.layout.loc_base
+        return self._range(base + low, base + high, logits)
+
+    def _range(self, first: int, last: int, logits: mx.array) -> mx.array:
+        positions = self._arange(logits.shape[-1])
+        return mx.logical_and(positions >= first, positions <= last)
+
+    def _ids(self, ids: set[int] | frozenset[int], logits: mx.array) -> mx.array:
+        allowed = np.zeros(logits.shape[-1], dtype=bool)
+        allowed[[i for i in ids if i < allowed.size]] = True
+        return mx.array(allowed)
+
+    def _arange(self, size: int) -> mx.array:
+        if self._positions is None or self._positions.shape[0] != size:
+            self._positions = mx.arange(size)
+        return self._positions
+
+
+def _scalar(value: mx.array) -> int:
+    """One integer out of a one-element array (this evaluates it)."""
+    return int(np.asarray(value).reshape(-1)[0])

@@ -1,0 +1,133 @@
+"""The model side: PaliGemma plus the mask decoder, loaded, warmed up and run one request at a time.
+
+Everything here touches MLX, so the worker calls it on its single thread only. Per request:
+generate (constrained to the output grammar unless SEGMENT_CONSTRAINED=false), parse the tokens
+into objects, and decode all their masks in one MLX call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.config import Settings
+from app.constrained import OutputGrammar
+from app.feature_cache import FeatureCache
+from app.paligemma import LogitsProcessor, PaliGemma, device_name
+from app.prompts import split_task_prompt
+from app.segmentation import decode_objects
+from app.tokens import parse_pieces
+from app.vae import MaskDecoder
+from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+
+log = logging.getLogger(__name__)
+
+ProcessorsFactory = Callable[[], Sequence[LogitsProcessor]]
+
+
+def is_random_weights(model_dir: Path) -> bool:
+    """The tiny demo model (scripts/make_tiny_model.py) marks its config.json as random."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return bool(config.get("random_weights", False))
+
+
+class SegmentationModel:
+    """Owns one PaliGemma checkpoint and the mask decoder.
+
+    `logits_processors` is a test seam: a factory of processors (e.g. one that forces a known
+    output) that run before the output grammar on every request.
+    """
+
+    def __init__(
+        self, settings: Settings, *, logits_processors: ProcessorsFactory | None = None
+    ) -> None:
+        self.settings = settings
+        self.name = settings.model
+        self._logits_processors = logits_processors
+        self._model: PaliGemma | None = None
+        self._decoder: MaskDecoder | None = None
+        self._random_weights = False
+
+    def load(self) -> ModelInfo:
+        model_dir, vae_path = self.settings.model_path(), self.settings.vae_path
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"Model {self.settings.model!r} not found (looked in {model_dir}). Run "
+                "`make models` to download it, or `make demo` to try a tiny random model."
+            )
+        self._random_weights = is_random_weights(model_dir)
+        if self._random_weights:
+            log.warning("DEMO MODEL: %s has random weights; outputs are meaningless", model_dir)
+        cache: FeatureCache[Any] = FeatureCache(
+            max_entries=self.settings.image_cache_entries,
+            max_bytes=self.settings.image_cache_mb * 1024 * 1024,
+        )
+        self._model = PaliGemma.load(model_dir, dtype=self.settings.dtype, feature_cache=cache)
+        self._decoder = MaskDecoder.load(vae_path)
+        if self.settings.warmup:
+            self._warm_up()
+        return ModelInfo(
+            device=device_name(),
+            input_size=self._model.input_size,
+            random_weights=self._random_weights,
+        )
+
+    def _warm_up(self) -> None:
+        """One real generation and one mask decode, so the first request pays no compile cost."""
+        assert self._model is not None and self._decoder is not None
+        self._model.generate(
+            Image.new("RGB", (64, 64), (128, 128, 128)), "segment object", max_new_tokens=4
+        )
+        self._decoder.decode(np.zeros((1, 16), dtype=np.int32))
+
+    def grammar(self, task_prompt: str) -> OutputGrammar | None:
+        """The output grammar for this prompt, or None when constraining is off."""
+        if not self.settings.constrained:
+            return None
+        assert self._model is not None
+        task, classes = split_task_prompt(task_prompt)
+        return OutputGrammar(
+            self._model.vocabulary,
+            task=task,
+            classes=classes,
+            random_weights=self._random_weights,
+        )
+
+    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> ModelOutput:
+        assert self._model is not None and self._decoder is not None
+        generation = self._model.generate(
+            request.image,
+            request.task_prompt,
+            max_new_tokens=request.max_new_tokens,
+            logits_processors=self._logits_processors() if self._logits_processors else (),
+            grammar=self.grammar(request.task_prompt),
+            cancelled=cancelled,
+        )
+        started = time.perf_counter()
+        objects = decode_objects(parse_pieces(generation.pieces), self._decoder)
+        return ModelOutput(
+            text=generation.text,
+            objects=objects,
+            timings_ms={
+                **generation.timings_ms,
+                "decode_masks": (time.perf_counter() - started) * 1000,
+            },
+        )
+
+
+def create_worker(
+    settings: Settings, *, logits_processors: ProcessorsFactory | None = None
+) -> Worker:
+    """The worker with the real model side, as the service, the CLI and `Segmenter` use it."""
+    return Worker(
+        SegmentationModel(settings, logits_processors=logits_processors),
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+    )

@@ -1,0 +1,176 @@
+"""The request pipeline every front end uses: HTTP, the command line, the Python API, benchmarks.
+
+    options -> read image (bytes | URL | PIL) -> decode + validate -> worker (generate, parse,
+    decode masks) -> place at full resolution -> encode masks (+ overlay) -> SegmentResult
+
+Front ends only parse their input into `SegmentOptions` and render the `SegmentResult`; the
+order of the steps and the timings live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from app.config import Settings
+from app.errors import BadInput
+from app.fetch import UrlPolicy, fetch_image_bytes
+from app.images import DecodedImage, decode_image, to_rgb
+from app.masks import MaskFormat, encode_mask
+from app.overlay import overlay_png
+from app.prompts import build_prompt, token_budget
+from app.segmentation import DecodedObject, SegmentedObject, place_object
+from app.worker import ModelRequest, Worker
+
+log = logging.getLogger("app")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Everything a caller may ask of one request besides the image."""
+
+    prompt: str  # "cat", "cat ; dog", "detect car"
+    mask_format: MaskFormat = "png"
+    overlay: bool = False
+    max_new_tokens: int | None = None  # capped by SEGMENT_MAX_NEW_TOKENS
+    model_id: str | None = None  # must name the served model when given
+
+
+@dataclass(frozen=True)
+class ImageBytes:
+    data: bytes  # an encoded image file (PNG, JPEG, ...)
+
+
+@dataclass(frozen=True)
+class ImageUrl:
+    url: str  # http(s); fetched under the SSRF policy
+
+
+ImageSource = ImageBytes | ImageUrl | Image.Image
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    model: str
+    prompt: str  # the task prompt the model saw, e.g. "segment cat ; dog"
+    width: int  # the image as sent, EXIF orientation applied
+    height: int
+    text: str  # the model's raw output
+    objects: list[SegmentedObject]
+    overlay_png: bytes | None
+    timings_ms: dict[str, float]
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, worker: Worker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.url_policy = UrlPolicy(settings.url_allowlist)
+
+    async def run(
+        self, source: ImageSource, options: SegmentOptions, *, request_id: str = "-"
+    ) -> SegmentResult:
+        """One image and prompt through every step; domain errors (`app.errors`) on bad input."""
+        started = time.perf_counter()
+        task_prompt = build_prompt(options.prompt, max_chars=self.settings.max_prompt_chars)
+        self._check_model_id(options.model_id)
+        limit = self._token_limit(options.max_new_tokens, task_prompt)
+        image = await self._decode(source)
+        decoded = time.perf_counter()
+        output = await self.worker.submit(ModelRequest(image.image, task_prompt, limit))
+        inferred = time.perf_counter()
+        # One thread per object: OpenCV and NumPy release the GIL, so masks place in parallel.
+        objects = await asyncio.gather(
+            *(asyncio.to_thread(self._finish, o, image, options) for o in output.objects)
+        )
+        timings = {
+            "decode_image": (decoded - started) * 1000,
+            "queue_wait": max((inferred - decoded) * 1000 - sum(output.timings_ms.values()), 0.0),
+            **output.timings_ms,
+            "masks": (time.perf_counter() - inferred) * 1000,
+        }
+        overlay = None
+        if options.overlay:
+            drawn = time.perf_counter()
+            overlay = await asyncio.to_thread(self._overlay, image, objects)
+            timings["overlay"] = (time.perf_counter() - drawn) * 1000
+        timings["total"] = (time.perf_counter() - started) * 1000
+        log.info(
+            "request %s prompt_chars=%d image=%dx%d objects=%d %s",
+            request_id,
+            len(options.prompt),
+            image.width,
+            image.height,
+            len(objects),
+            " ".join(f"{k}={v:.1f}ms" for k, v in timings.items()),
+        )
+        return SegmentResult(
+            model=self.settings.model,
+            prompt=task_prompt,
+            width=image.width,
+            height=image.height,
+            text=output.text,
+            objects=objects,
+            overlay_png=overlay,
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+        )
+
+    def _check_model_id(self, model_id: str | None) -> None:
+        if model_id not in (None, "", self.settings.model):
+            raise BadInput(
+                f"model_id {model_id!r} is not served here; this service runs "
+                f"{self.settings.model!r} (omit model_id to use it)."
+            )
+
+    def _token_limit(self, requested: int | None, task_prompt: str) -> int:
+        """The request's own cap if it set one, else a budget from the classes asked for."""
+        if requested:
+            return min(requested, self.settings.max_new_tokens)
+        return token_budget(
+            task_prompt,
+            max_objects_per_class=self.settings.max_objects_per_class,
+            ceiling=self.settings.max_new_tokens,
+        )
+
+    async def _decode(self, source: ImageSource) -> DecodedImage:
+        if isinstance(source, Image.Image):  # in-process callers: already decoded
+            return DecodedImage(to_rgb(source), source.width, source.height)
+        if isinstance(source, ImageUrl):
+            data = await fetch_image_bytes(
+                source.url,
+                policy=self.url_policy,
+                max_bytes=self.settings.max_upload_bytes,
+                timeout_s=self.settings.url_timeout_s,
+                total_timeout_s=self.settings.url_total_timeout_s,
+                max_redirects=self.settings.url_max_redirects,
+            )
+        else:
+            data = source.data
+        info = self.worker.info
+        return await asyncio.to_thread(
+            decode_image,
+            data,
+            max_pixels=self.settings.max_image_pixels,
+            draft_to=info.input_size if info is not None and self.settings.jpeg_draft else None,
+        )
+
+    def _finish(
+        self, obj: DecodedObject, image: DecodedImage, options: SegmentOptions
+    ) -> SegmentedObject:
+        """Full-resolution placement and encoding; numpy/OpenCV only, off the MLX thread."""
+        placed = place_object(obj, image.width, image.height)
+        if placed.mask is None or options.mask_format == "none":
+            return placed
+        encoded = encode_mask(placed.mask, options.mask_format, self.settings.png_compression)
+        return replace(placed, encoded_mask=encoded)
+
+    def _overlay(self, image: DecodedImage, objects: list[SegmentedObject]) -> bytes:
+        """The picture at the size of the image as sent (a drafted JPEG is scaled back up)."""
+        picture = image.image
+        if picture.size != (image.width, image.height):
+            picture = picture.resize((image.width, image.height), Image.Resampling.BILINEAR)
+        return overlay_png(picture, objects, self.settings.png_compression)

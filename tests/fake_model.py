@@ -1,0 +1,83 @@
+"""A model side without a model: the test queues its replies (outputs, errors, or a hold).
+
+Passed to the real `Worker` through its constructor, as the real model side is, so queueing,
+timeouts, cancellation and health run for real (simonw/llm's MockModel pattern).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from PIL import Image
+
+from app.config import Settings
+from app.errors import Cancelled
+from app.main import create_app
+from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+
+
+@dataclass
+class Hold:
+    """Keep the worker busy until released or cancelled, as a long generation would."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+Reply = ModelOutput | Exception | Hold
+
+
+def empty_output() -> ModelOutput:
+    return ModelOutput(text="", objects=[], timings_ms={"generate": 0.0})
+
+
+class FakeModel:
+    def __init__(self, name: str = "fake/model") -> None:
+        self.name = name
+        self.replies: deque[Reply] = deque()
+        self.images: list[Image.Image] = []
+
+    def enqueue(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def load(self) -> ModelInfo:
+        return ModelInfo(device="cpu", input_size=(224, 224), random_weights=False)
+
+    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> ModelOutput:
+        self.images.append(request.image)
+        reply = self.replies.popleft() if self.replies else empty_output()
+        if isinstance(reply, Hold):
+            reply.started.set()
+            while not reply.release.wait(0.01):
+                if cancelled():  # the real generation checks this between tokens
+                    reply.cancelled.set()
+                    raise Cancelled("abandoned")
+            return empty_output()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+@dataclass
+class FakeService:
+    """Settings, the fake model side and the real worker around it."""
+
+    settings: Settings
+    model: FakeModel
+    worker: Worker
+
+    def app(self) -> FastAPI:
+        return create_app(self.settings, self.worker)
+
+
+def fake_service(settings: Settings) -> FakeService:
+    model = FakeModel(settings.model)
+    worker = Worker(
+        model, max_queue=settings.max_queue, request_timeout_s=settings.request_timeout_s
+    )
+    return FakeService(settings, model, worker)

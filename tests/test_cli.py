@@ -1,0 +1,180 @@
+"""`python -m app segment ...` and `python -m app --help`, on the tiny random model."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from app.cli import build_parser, segment_command
+from app.main import create_app
+from app.masks import decode_png
+from tests.images import gradient, image_bytes
+from tests.service import ROOT, live_server, tiny_settings
+
+
+def run_cli(argv: list[str], settings: Any) -> int:
+    return segment_command(build_parser().parse_args(["segment", *argv]), settings)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    first, second = tmp_path / "in" / "street.png", tmp_path / "in" / "room.jpg"
+    first.parent.mkdir()
+    first.write_bytes(image_bytes(gradient(160, 120)))
+    second.write_bytes(image_bytes(gradient(90, 140), "JPEG"))
+    return [first, second]
+
+
+def test_help_prints_usage_and_serves_nothing() -> None:
+    for argv in (["--help"], ["segment", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "app", *argv], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "usage: python -m app" in done.stdout
+    assert "--coco" in done.stdout and "--server" in done.stdout
+
+
+def test_segment_writes_json_overlays_and_a_coco_file(
+    tiny_model_dir: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, coco_path = tmp_path / "out", tmp_path / "coco.json"
+    argv = [*map(str, images), "--prompt", "cat ; dog", "--out", str(out), "--overlay"]
+    status = run_cli([*argv, "--coco", str(coco_path)], tiny_settings(tiny_model_dir))
+    assert status == 0
+    log = capsys.readouterr().err
+    assert "street.png: 2 objects (cat" in log and "room.jpg: 2 objects" in log
+
+    body = json.loads((out / "street.json").read_text())
+    assert set(body) >= {"model", "prompt", "width", "height", "objects", "timings_ms"}
+    assert body["prompt"] == "segment cat ; dog" and (body["width"], body["height"]) == (160, 120)
+    [first, _] = body["objects"]
+    assert decode_png(first["mask"]).shape == (120, 160) and first["area"] > 0
+    overlay = Image.open(out / "room.overlay.png")
+    assert overlay.size == (90, 140)
+
+    coco = COCO(str(coco_path))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["cat", "dog"]
+    [street] = coco.loadImgs(coco.getImgIds(imgIds=[1]))
+    assert (street["file_name"], street["width"], street["height"]) == ("street.png", 160, 120)
+    annotations = coco.loadAnns(coco.getAnnIds(imgIds=[street["id"]]))
+    assert len(annotations) == 2
+    for annotation, wire in zip(annotations, body["objects"], strict=True):
+        assert np.array_equal(coco.annToMask(annotation).astype(bool), decode_png(wire["mask"]))
+        x0, y0, x1, y1 = wire["box"]
+        assert annotation["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+        assert annotation["area"] == wire["area"] and annotation["score"] == wire["score"]
+
+
+def test_without_out_the_json_goes_to_stdout(
+    tiny_model_dir: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli([str(images[0]), "--prompt", "detect car"], tiny_settings(tiny_model_dir)) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    body = json.loads(line)
+    assert body["prompt"] == "detect car" and body["objects"][0]["mask"] is None
+
+
+def test_an_unreadable_image_fails_alone(
+    tiny_model_dir: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    argv = [str(tmp_path / "missing.png"), str(text), str(images[0]), "--prompt", "cat"]
+    assert run_cli([*argv, "--out", str(tmp_path / "o")], tiny_settings(tiny_model_dir)) == 1
+    log = capsys.readouterr().err
+    assert "missing.png: FAILED: cannot read it" in log
+    assert "notes.txt: FAILED: The upload is not a recognised image" in log
+    assert (tmp_path / "o" / "street.json").is_file()
+
+
+def test_a_missing_model_is_one_clear_error(
+    tmp_path: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tiny_settings(tmp_path / "absent")
+    assert run_cli([str(images[0]), "--prompt", "cat"], settings) == 2
+    err = capsys.readouterr().err
+    assert "make models" in err and "Traceback" not in err
+
+
+def test_bad_arguments_exit_2(tiny_model_dir: Path, images: list[Path]) -> None:
+    settings = tiny_settings(tiny_model_dir)
+    assert run_cli([str(images[0]), "--prompt", "   "], settings) == 2
+    assert run_cli([str(images[0]), "--prompt", "cat", "--overlay"], settings) == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["segment", "a.png", "--prompt", "x", "--mask-format", "jpg"])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path) -> Iterator[str]:
+    with live_server(create_app(tiny_settings(tiny_model_dir))) as url:
+        yield url
+
+
+@pytest.mark.parametrize("mask_format", ["png", "rle", "polygon"])
+def test_server_mode_writes_what_the_local_model_writes(
+    tiny_model_dir: Path, server: str, images: list[Path], tmp_path: Path, mask_format: str
+) -> None:
+    results = {}
+    for mode, extra in (("local", []), ("server", ["--server", server])):
+        out = tmp_path / mode
+        argv = [str(images[0]), "--prompt", "cat ; dog", "--out", str(out), "--overlay"]
+        assert (
+            run_cli([*argv, "--mask-format", mask_format, *extra], tiny_settings(tiny_model_dir))
+            == 0
+        )
+        body = json.loads((out / "street.json").read_text())
+        overlay = (out / "street.overlay.png").read_bytes()
+        results[mode] = (body["objects"], body["text"], overlay)
+    local, remote = results["local"], results["server"]
+    assert local[0] == remote[0] and local[1] == remote[1]
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(local[2]))), np.asarray(Image.open(io.BytesIO(remote[2])))
+    )
+
+
+def test_server_mode_reports_an_unreachable_service(
+    tiny_model_dir: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(images[0]), "--prompt", "cat", "--server", "http://127.0.0.1:9"]
+    assert run_cli(argv, tiny_settings(tiny_model_dir)) == 2
+    assert "Cannot reach the service at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_m_app_segment_as_a_user_runs_it(tiny_model_dir: Path, images: list[Path]) -> None:
+    env = {
+        "SEGMENT_MODEL": str(tiny_model_dir),
+        "SEGMENT_VAE_PATH": str(tiny_model_dir / "vae-oid.npz"),
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "segment",
+            str(images[0]),
+            "--prompt",
+            "cat",
+            "--mask-format",
+            "rle",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["objects"][0]["mask"]["size"] == [120, 160]

@@ -1,0 +1,204 @@
+"""Constrained decoding keeps output inside the detect/segment grammar, and only completes it.
+
+Unit tests drive `OutputGrammar` with hand-made logits on the tiny tokenizer; end-to-end tests
+run the tiny model's real generation with and without the grammar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import AutoTokenizer
+
+from app.constrained import RANDOM_MODEL_MIN_BOX, OutputGrammar
+from app.model import SegmentationModel
+from app.paligemma import PaliGemma
+from app.prompts import split_task_prompt
+from app.tokens import parse_text
+from app.vocab import TokenLayout, Vocabulary
+from app.worker import ModelRequest
+from scripts.scripted_output import ScriptedOutput
+from tests.service import tiny_settings
+
+
+def locs(*values: int) -> str:
+    return "".join(f"<loc{v:04d}>" for v in values)
+
+
+def segs(*codes: int) -> str:
+    return "".join(f"<seg{c:03d}>" for c in codes)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tokenizer) -> Vocabulary:  # type: ignore[no-untyped-def]
+    layout = TokenLayout.from_tokenizer(tokenizer, [tokenizer.eos_token_id])
+    return Vocabulary.from_tokenizer(tokenizer, layout)
+
+
+def drive(
+    grammar: OutputGrammar, prefers: Callable[[int], int], vocab_size: int, steps: int = 80
+) -> list[int]:
+    """Greedy decoding of a 'model' whose favourite token at step i is `prefers(i)`."""
+    tokens, chosen = [2], []  # <bos>
+    for step in range(steps):
+        logits = np.zeros((1, vocab_size), dtype=np.float32)
+        logits[0, prefers(step)] = 10.0
+        constrained = grammar(mx.array(tokens), mx.array(logits))
+        choice = int(mx.argmax(constrained, axis=-1).item())
+        chosen.append(choice)
+        tokens.append(choice)
+        if choice in grammar.layout.stop_ids:
+            break
+    return chosen
+
+
+def wants(tokenizer, text: str) -> Callable[[int], int]:  # type: ignore[no-untyped-def]
+    ids = [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+    return lambda step: ids[min(step, len(ids) - 1)]
+
+
+def decoded(tokenizer, ids: list[int]) -> str:  # type: ignore[no-untyped-def]
+    return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+WELL_FORMED = [
+    ("segment", ["cat", "dog"], locs(100, 200, 600, 700) + segs(*range(16)) + " cat"),
+    (
+        "segment",
+        ["cat", "dog"],
+        locs(1, 2, 3, 4)
+        + segs(*range(16))
+        + " dog ; "
+        + locs(5, 6, 900, 800)
+        + segs(*[7] * 16)
+        + " cat",
+    ),
+    (
+        "detect",
+        ["left wheel", "car"],
+        locs(10, 20, 30, 40) + " left wheel ; " + locs(0, 0, 1023, 1023) + " car",
+    ),
+]
+
+
+@pytest.mark.parametrize(("task", "classes", "text"), WELL_FORMED)
+def test_well_formed_output_is_never_changed(
+    tokenizer, vocabulary: Vocabulary, task: str, classes: list[str], text: str
+) -> None:  # type: ignore[no-untyped-def]
+    grammar = OutputGrammar(vocabulary, task=task, classes=classes)
+    ids = drive(grammar, wants(tokenizer, text), len(tokenizer))
+    assert ids == [*tokenizer.encode(text, add_special_tokens=False), tokenizer.eos_token_id]
+
+
+def test_a_label_spelled_with_other_tokens_is_accepted(tokenizer, vocabulary) -> None:  # type: ignore[no-untyped-def]
+    """Byte-level matching: '▁c' 'a' 't' is as good as '▁cat'."""
+    pieces = ["▁c", "a", "t"]
+    split = [tokenizer.convert_tokens_to_ids(p) for p in pieces]
+    head = tokenizer.encode(locs(1, 2, 3, 4) + segs(*range(16)), add_special_tokens=False)
+    ids = [*head, *split, tokenizer.eos_token_id]
+    grammar = OutputGrammar(vocabulary, task="segment", classes=["cat"])
+    assert drive(grammar, lambda i: ids[min(i, len(ids) - 1)], len(tokenizer)) == ids
+
+
+def test_no_object_is_invented_when_the_model_does_not_start_one(tokenizer, vocabulary) -> None:  # type: ignore[no-untyped-def]
+    grammar = OutputGrammar(vocabulary, task="segment", classes=["cat"])
+    word = tokenizer.convert_tokens_to_ids("▁the")
+    assert drive(grammar, lambda _: word, len(tokenizer)) == [tokenizer.eos_token_id]
+
+
+def test_a_begun_object_is_completed_into_the_grammar(tokenizer, vocabulary) -> None:  # type: ignore[no-untyped-def]
+    """The model starts a box and then rambles: codes, a prompt class and the end follow."""
+    text = locs(100, 100, 400, 500) + " the the the the"
+    grammar = OutputGrammar(vocabulary, task="segment", classes=["left wheel", "dog"])
+    ids = drive(grammar, wants(tokenizer, text), len(tokenizer))
+    [obj] = parse_text(decoded(tokenizer, ids))
+    assert obj.loc == (100, 100, 400, 500) and obj.codes is not None and len(obj.codes) == 16
+    assert obj.label in ("left wheel", "dog")
+    assert ids[-1] == tokenizer.eos_token_id
+
+
+def test_end_only_at_an_object_boundary_and_boxes_are_not_empty(tokenizer, vocabulary) -> None:  # type: ignore[no-untyped-def]
+    """A model that wants to stop at once, after its first <loc>, still finishes the object;
+    its y_max and x_max come after y_min and x_min."""
+    first = tokenizer.convert_tokens_to_ids("<loc0700>")
+    eos = tokenizer.eos_token_id
+    grammar = OutputGrammar(vocabulary, task="detect", classes=["car"])
+    ids = drive(grammar, lambda step: first if step == 0 else eos, len(tokenizer))
+    [obj] = parse_text(decoded(tokenizer, ids))
+    y0, x0, y1, x1 = obj.loc
+    assert y0 == 700 and y1 > y0 and x1 > x0 and obj.label == "car"
+
+
+def test_random_weights_write_one_object_per_class(tokenizer, vocabulary) -> None:  # type: ignore[no-untyped-def]
+    word = tokenizer.convert_tokens_to_ids("▁the")
+    grammar = OutputGrammar(
+        vocabulary,
+        task="segment",
+        classes=["cat", "dog"],
+        random_weights=True,
+    )
+    objects = parse_text(decoded(tokenizer, drive(grammar, lambda _: word, len(tokenizer), 120)))
+    assert len(objects) == 2
+    for obj in objects:
+        y0, x0, y1, x1 = obj.loc
+        assert y1 - y0 >= RANDOM_MODEL_MIN_BOX and x1 - x0 >= RANDOM_MODEL_MIN_BOX
+        assert obj.codes is not None and obj.label in ("cat", "dog")
+
+
+# -- the real generation on the tiny model ------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> PaliGemma:
+    return PaliGemma.load(tiny_model_dir)
+
+
+def noise(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("task", "classes", "text"), WELL_FORMED)
+def test_forced_valid_output_gives_identical_ids_with_and_without_the_grammar(
+    model: PaliGemma, tokenizer, task: str, classes: list[str], text: str
+) -> None:  # type: ignore[no-untyped-def]
+    script = ScriptedOutput(tokenizer, text)
+    prompt = f"{task} {' ; '.join(classes)}"
+    free = model.generate(
+        noise(0), prompt, max_new_tokens=60, logits_processors=script.processors()
+    )
+    grammar = OutputGrammar(model.vocabulary, task=task, classes=classes)
+    constrained = model.generate(
+        noise(0), prompt, max_new_tokens=60, logits_processors=script.processors(), grammar=grammar
+    )
+    assert constrained.text == free.text == text
+    # Scores come from the model's own distribution (here the scripted one), not the grammar's.
+    assert [p.prob for p in constrained.pieces] == pytest.approx([p.prob for p in free.pieces])
+
+
+def test_random_model_always_gives_a_well_formed_object(tiny_model_dir: Path) -> None:
+    side = SegmentationModel(tiny_settings(tiny_model_dir, warmup=False))
+    side.load()
+    for seed, prompt in enumerate(["segment cat", "segment left wheel ; dog", "detect car"]):
+        task, classes = split_task_prompt(prompt)
+        output = side.run(ModelRequest(noise(seed), prompt, 200), lambda: False)
+        assert len(output.objects) == len(classes), output.text  # one per class, then the end
+        for obj in output.objects:
+            assert obj.label in classes
+            assert (obj.raw_mask is not None) == (task == "segment")
+            # Forced tokens: the random model itself gave them almost no probability.
+            assert obj.score is not None and obj.score < 0.05
+
+
+def test_constraining_can_be_turned_off(tiny_model_dir: Path) -> None:
+    side = SegmentationModel(tiny_settings(tiny_model_dir, warmup=False, constrained=False))
+    side.load()
+    assert side.grammar("segment cat") is None
