@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from app.config import Settings
 from app.main import create_app
 
@@ -45,3 +47,31 @@ def test_curl_example_fields_are_the_api_fields() -> None:
 def test_the_two_commands_come_first() -> None:
     first_block = README.split("```sh", 1)[1].split("```", 1)[0]
     assert "make serve" in first_block and "make test" in first_block
+
+
+def test_python_api_example_runs(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.config import get_settings
+    from tests.images import gradient
+
+    example = README.split("```python\nfrom app.segmenter import Segmenter", 1)[1]
+    code = "from app.segmenter import Segmenter" + example.split("```", 1)[0]
+    gradient(120, 90).save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEGMENT_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("SEGMENT_VAE_PATH", str(tiny_model_dir / "vae-oid.npz"))
+    get_settings.cache_clear()
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+    finally:
+        get_settings.cache_clear()
+
+
+def test_cli_example_uses_real_options() -> None:
+    from app.cli import build_parser
+
+    line = next(ln for ln in README.splitlines() if "python -m app segment " in ln)
+    argv = line.split("python -m app ", 1)[1].replace('"cat ; dog"', "cat").split()
+    args = build_parser().parse_args(argv)
+    assert args.command == "segment" and args.overlay and args.coco and args.out
