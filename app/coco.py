@@ -33,6 +33,8 @@ class Found(Protocol):
 
 @dataclass(frozen=True)
 class CocoImage:
+    """One image's results: its size (the masks' shape) and what was found in it."""
+
     file_name: str
     width: int
     height: int
@@ -76,14 +78,16 @@ def _annotation(
     }
     if obj.mask is not None:
         annotation["segmentation"] = encode_coco_rle(obj.mask)
-        annotation["area"] = int(obj.mask.sum())
+        annotation["area"] = int(np.count_nonzero(obj.mask))
     else:
-        # Detection only: the box as a polygon, as pycocotools' loadRes makes for box results.
+        # Detection only: the box as a polygon, as loadRes makes for box results. annToMask and
+        # COCOeval("segm") need a segmentation: a missing one is a KeyError, [] an IndexError.
         annotation["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]
         annotation["area"] = (x1 - x0) * (y1 - y0)
     return annotation
 
 
 def write_coco(path: Path, document: dict[str, Any]) -> None:
+    """Write the document as JSON, making the folder: `--coco out/coco.json` just works."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document) + "\n")

@@ -1,7 +1,11 @@
-"""COCO compressed RLE and COCO files, checked against pycocotools (the reference reader)."""
+"""COCO files, loaded and evaluated by pycocotools (the reference reader).
+
+The RLE encoding itself is checked in tests/test_coco_rle.py.
+"""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +16,6 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 from app.coco import CocoImage, coco_document, write_coco
-from app.masks import (
-    decode_coco_rle,
-    decode_png,
-    decode_rle,
-    encode_coco_rle,
-    encode_mask,
-    encode_rle,
-)
 
 
 def disk(height: int, width: int, hole: bool = False) -> np.ndarray:
@@ -30,50 +26,6 @@ def disk(height: int, width: int, hole: bool = False) -> np.ndarray:
     return mask.astype(bool)
 
 
-def masks() -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    corner = np.zeros((7, 5), bool)
-    corner[0, 0] = True  # the first pixel set: COCO starts with an empty background run
-    long_runs = np.zeros((600, 500), bool)
-    long_runs[:, 100:] = True  # runs far beyond 2^16 need many 5-bit groups
-    return [
-        np.zeros((4, 6), bool),
-        np.ones((4, 6), bool),
-        np.ones((1, 1), bool),
-        np.zeros((1, 1), bool),
-        np.ones((1, 9), bool),
-        rng.random((9, 1)) > 0.5,
-        corner,
-        rng.random((37, 53)) > 0.5,
-        rng.random((120, 80)) > 0.97,
-        long_runs,
-        ~long_runs,
-        disk(480, 640),
-        disk(99, 101, hole=True),
-    ]
-
-
-@pytest.mark.parametrize("mask", masks(), ids=lambda m: f"{m.shape[0]}x{m.shape[1]}-{int(m.sum())}")
-def test_compressed_rle_is_what_pycocotools_writes_and_reads(mask: np.ndarray) -> None:
-    ours = encode_coco_rle(mask)
-    reference = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
-    assert ours["counts"] == reference["counts"].decode("ascii")
-    assert ours["size"] == [int(v) for v in reference["size"]]
-    as_coco = {"size": ours["size"], "counts": ours["counts"].encode("ascii")}
-    assert np.array_equal(coco_mask.decode(as_coco).astype(bool), mask)
-    assert coco_mask.area(as_coco) == mask.sum()
-    assert np.array_equal(decode_coco_rle(ours), mask)
-
-
-@pytest.mark.parametrize("mask", masks()[:9], ids=lambda m: f"{m.shape[0]}x{m.shape[1]}")
-def test_uncompressed_rle_and_png_round_trip(mask: np.ndarray) -> None:
-    rle = encode_rle(mask)
-    assert np.array_equal(decode_rle(rle), mask)
-    from_uncompressed = coco_mask.frPyObjects(rle, *rle["size"])
-    assert from_uncompressed["counts"].decode() == encode_coco_rle(mask)["counts"]
-    assert np.array_equal(decode_png(encode_mask(mask, "png")), mask)  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True)
 class Found:
     label: str
@@ -82,34 +34,76 @@ class Found:
     score: float | None
 
 
-def test_a_coco_file_loads_in_pycocotools(tmp_path: Path) -> None:
-    cat = disk(120, 160)
-    ys, xs = np.nonzero(cat)
-    cat_box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    hole = disk(90, 60, hole=True)
-    images = [
+def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+CAT = disk(120, 160)
+DOG = disk(90, 60, hole=True)
+
+
+def two_images(dog_score: float | None = None) -> list[CocoImage]:
+    """A segmented and a detection-only object in one image; a mask with a hole in the other."""
+    return [
         CocoImage(
             "a.jpg",
             160,
             120,
-            [Found("cat", cat_box, cat, 0.91), Found("car", (5, 6, 25, 16), None, 0.5)],
+            [Found("cat", box_of(CAT), CAT, 0.91), Found("car", (5, 6, 25, 16), None, 0.5)],
         ),
-        CocoImage("b.png", 60, 90, [Found("dog", (10, 20, 50, 70), hole, None)]),
+        CocoImage("b.png", 60, 90, [Found("dog", box_of(DOG), DOG, dog_score)]),
     ]
-    path = tmp_path / "coco.json"
-    write_coco(path, coco_document(images, ["dog", "cat"]))
-    coco = COCO(str(path))
+
+
+@pytest.fixture
+def coco(tmp_path: Path) -> COCO:
+    path = tmp_path / "out" / "coco.json"  # write_coco makes the folder
+    write_coco(path, coco_document(two_images(), ["dog", "cat"]))
+    return COCO(str(path))
+
+
+def test_images_and_categories_keep_their_order(coco: COCO) -> None:
+    assert coco.getImgIds() == [1, 2]
+    assert [i["file_name"] for i in coco.loadImgs(coco.getImgIds())] == ["a.jpg", "b.png"]
+    assert [(i["width"], i["height"]) for i in coco.loadImgs([1, 2])] == [(160, 120), (60, 90)]
+    assert coco.getCatIds() == [1, 2, 3]
     names = [c["name"] for c in coco.loadCats(coco.getCatIds())]
     assert names == ["dog", "cat", "car"]  # the prompt's order, then labels met on the way
-    assert [i["file_name"] for i in coco.loadImgs(coco.getImgIds())] == ["a.jpg", "b.png"]
-    first = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
-    assert [coco.loadCats(a["category_id"])[0]["name"] for a in first] == ["cat", "car"]
-    assert np.array_equal(coco.annToMask(first[0]).astype(bool), cat)
-    assert first[0]["bbox"] == list(coco_mask.toBbox(coco.annToRLE(first[0])).astype(int))
-    assert first[0]["area"] == int(cat.sum()) and first[0]["score"] == 0.91
-    assert first[1]["bbox"] == [5, 6, 20, 10] and first[1]["area"] == 200  # detection only
-    assert coco.annToMask(first[1]).sum() > 0
+    assert coco.getCatIds(catNms=["car"]) == [3]
+
+
+def test_masks_boxes_and_areas_come_back(coco: COCO) -> None:
+    cat, car = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
     [dog] = coco.loadAnns(coco.getAnnIds(imgIds=[2]))
-    assert np.array_equal(coco.annToMask(dog).astype(bool), hole)  # holes survive RLE
-    results = coco.loadRes(coco.dataset["annotations"])  # usable as detection results too
-    assert len(results.getAnnIds()) == 3
+    assert [a["id"] for a in (cat, car, dog)] == [1, 2, 3]
+    assert [a["category_id"] for a in (cat, car, dog)] == [2, 3, 1]
+    assert np.array_equal(coco.annToMask(cat).astype(bool), CAT)
+    assert np.array_equal(coco.annToMask(dog).astype(bool), DOG)  # holes survive RLE
+    for ann, mask in ((cat, CAT), (dog, DOG)):
+        assert ann["bbox"] == coco_mask.toBbox(coco.annToRLE(ann)).tolist()  # [x, y, w, h]
+        assert ann["area"] == int(mask.sum()) == coco_mask.area(coco.annToRLE(ann))
+        assert ann["iscrowd"] == 0
+    assert cat["score"] == 0.91 and dog["score"] is None
+
+
+def test_a_detection_only_object_is_its_box(coco: COCO) -> None:
+    [car] = coco.loadAnns(coco.getAnnIds(catIds=[3]))
+    assert car["bbox"] == [5, 6, 20, 10] and car["area"] == 200
+    expected = np.zeros((120, 160), bool)
+    expected[6:16, 5:25] = True
+    assert np.array_equal(coco.annToMask(car).astype(bool), expected)
+
+
+def test_the_annotations_load_as_results_and_score_perfectly(coco: COCO) -> None:
+    from pycocotools.cocoeval import COCOeval
+
+    assert len(coco.loadRes(copy.deepcopy(coco.dataset["annotations"])).getAnnIds()) == 3
+    scored = coco_document(two_images(dog_score=0.7), ["dog", "cat"])["annotations"]
+    for iou_type in ("segm", "bbox"):
+        # loadRes rewrites ids and areas in place, hence the copy.
+        evaluation = COCOeval(coco, coco.loadRes(copy.deepcopy(scored)), iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        assert evaluation.stats[0] == pytest.approx(1.0)  # AP@[.5:.95]: each finds itself
