@@ -7,25 +7,40 @@ import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.body_limit import BodyLimit
 from app.config import Settings, get_settings
+from app.docs import install_docs
 from app.errors import BadInput, ClientGone, TooLarge
 from app.http_errors import RequestId, install_error_handlers, request_id_of
 from app.masks import MaskFormat
 from app.pipeline import ImageBytes, ImageSource, ImageUrl, Pipeline, SegmentOptions
+from app.playground import install_playground
 from app.schemas import ErrorResponse, HealthResponse, SegmentResponse, render
 from app.security import AccessGuard, host_name, is_loopback
+from app.streaming import MEDIA_TYPE as NDJSON
+from app.streaming import ndjson_lines
 from app.worker import Worker
 
 log = logging.getLogger("app")
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 500, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 500, 503, 504)
+}
+SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "The objects found; with stream=true, NDJSON lines instead: "
+        '{"type": "object", "object": {...}} per object as it is found, then one '
+        '{"type": "done", ...the whole response} (or {"type": "error", "detail": ...}).',
+        "content": {NDJSON: {"schema": {"type": "string"}}},
+    },
+}
 # The whole body may carry one maximal image plus multipart boundaries and small text fields.
 FORM_OVERHEAD_BYTES = 64 * 1024
 DISCONNECT_POLL_S = 0.25
@@ -65,8 +80,12 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         version=_version(),
         summary="Text-prompted segmentation with PaliGemma 2 mix on MLX, served locally.",
         lifespan=lifespan,
+        docs_url=None,  # app.docs serves both from local files
+        redoc_url=None,
     )
     install_error_handlers(app, settings)
+    install_docs(app)
+    install_playground(app)
     # Added last = runs first: CORS answers preflights, every request gets an id, the guard
     # refuses strangers, then the body limit counts bytes as they stream in (before the
     # multipart parser spools them).
@@ -107,7 +126,7 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         headers = {} if code == 200 else {"Retry-After": "5"}
         return JSONResponse(body.model_dump(mode="json"), status_code=code, headers=headers)
 
-    @app.post("/segment", response_model=SegmentResponse, responses=ERRORS)  # type: ignore[arg-type]
+    @app.post("/segment", response_model=SegmentResponse, responses=SEGMENT_RESPONSES)
     async def segment(
         request: Request,
         prompt: Annotated[
@@ -125,7 +144,11 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         max_new_tokens: Annotated[
             int | None, Form(ge=1, description="Cap on generated tokens (~24 per object).")
         ] = None,
-    ) -> SegmentResponse:
+        stream: Annotated[
+            bool,
+            Form(description="Answer in NDJSON lines: each object as it is found, then 'done'."),
+        ] = False,
+    ) -> SegmentResponse | StreamingResponse:
         """Segment (or `detect`) the prompt's classes in one image: boxes, masks, labels, scores."""
         options = SegmentOptions(
             prompt=prompt,
@@ -135,8 +158,15 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
             model_id=model_id,
         )
         source = await _image_source(image_file, image_url, settings)
+        request_id = request_id_of(request)
+        if stream:
+            prepared = await pipeline.prepare(source, options)
+            worker.check_admission()
+            return StreamingResponse(
+                ndjson_lines(pipeline, prepared, request_id), media_type=NDJSON
+            )
         result = await _unless_disconnected(
-            request, pipeline.run(source, options, request_id=request_id_of(request))
+            request, pipeline.run(source, options, request_id=request_id)
         )
         return render(result)
 

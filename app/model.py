@@ -22,8 +22,8 @@ from app.constrained import OutputGrammar
 from app.feature_cache import FeatureCache
 from app.paligemma import LogitsProcessor, PaliGemma, device_name
 from app.prompts import split_task_prompt
-from app.segmentation import decode_objects
-from app.tokens import parse_pieces
+from app.segmentation import DecodedObject, decode_objects
+from app.tokens import ObjectParser, ParsedObject
 from app.vae import MaskDecoder
 from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
 
@@ -100,8 +100,30 @@ class SegmentationModel:
             random_weights=self._random_weights,
         )
 
-    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> ModelOutput:
+    def run(
+        self,
+        request: ModelRequest,
+        cancelled: Callable[[], bool],
+        on_object: Callable[[DecodedObject], None] = lambda obj: None,
+    ) -> ModelOutput:
+        """Generate; each object is parsed, its mask decoded and handed to `on_object` the
+        moment the output completes it, so objects can be streamed while generation goes on.
+        Streamed or not, every request takes this one path, so the answers are identical."""
         assert self._model is not None and self._decoder is not None
+        decoder = self._decoder
+        parser = ObjectParser()
+        objects: list[DecodedObject] = []
+        decoding_s = 0.0
+
+        def completed(parsed: list[ParsedObject]) -> None:
+            nonlocal decoding_s
+            for obj in parsed:
+                started = time.perf_counter()
+                [decoded] = decode_objects([obj], decoder)
+                decoding_s += time.perf_counter() - started
+                objects.append(decoded)
+                on_object(decoded)
+
         generation = self._model.generate(
             request.image,
             request.task_prompt,
@@ -109,16 +131,15 @@ class SegmentationModel:
             logits_processors=self._logits_processors() if self._logits_processors else (),
             grammar=self.grammar(request.task_prompt),
             cancelled=cancelled,
+            on_piece=lambda piece: completed(parser.feed(piece)),
         )
-        started = time.perf_counter()
-        objects = decode_objects(parse_pieces(generation.pieces), self._decoder)
+        completed(parser.finish())
+        timings = dict(generation.timings_ms)
+        timings["generate"] -= decoding_s * 1000  # masks decoded between tokens count apart
         return ModelOutput(
             text=generation.text,
             objects=objects,
-            timings_ms={
-                **generation.timings_ms,
-                "decode_masks": (time.perf_counter() - started) * 1000,
-            },
+            timings_ms={**timings, "decode_masks": decoding_s * 1000},
         )
 
 

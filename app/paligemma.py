@@ -160,11 +160,13 @@ class PaliGemma:
         logits_processors: Sequence[LogitsProcessor] = (),
         grammar: OutputGrammar | None = None,
         cancelled: Callable[[], bool] = lambda: False,
+        on_piece: Callable[[Piece], None] = lambda piece: None,
     ) -> Generation:
         """Greedy decoding until a stop token or `max_new_tokens`; checks `cancelled` per token.
 
         With a `grammar`, it runs last among the logits processors and each token's probability
-        is the one the model gave before the grammar masked anything.
+        is the one the model gave before the grammar masked anything. `on_piece` sees each
+        piece as soon as it is known (a loc/seg token at once, a text run when it ends).
         """
         from mlx_vlm.generate.ar import generate_step
 
@@ -173,8 +175,9 @@ class PaliGemma:
         prepared = time.perf_counter()
         features = self.image_features(inputs["pixel_values"])
         encoded = time.perf_counter()
-        ids: list[int] = []
-        probs: list[float] = []
+        new_tokens = 0
+        pieces: list[Piece] = []
+        stream = PieceStream(self.layout, self.tokenizer)
         processors: list[LogitsProcessor] = [*logits_processors]
         if grammar is not None:
             processors.append(grammar)  # last: it sees what the model (and any test seam) said
@@ -197,15 +200,19 @@ class PaliGemma:
                 logprob = float(logprobs[token].item())  # type: ignore[arg-type]
             if token in self.layout.stop_ids:
                 break
-            ids.append(int(token))
-            probs.append(math.exp(logprob))
+            new_tokens += 1
+            for piece in stream.feed(int(token), math.exp(logprob)):
+                pieces.append(piece)
+                on_piece(piece)
+        for piece in stream.finish():
+            pieces.append(piece)
+            on_piece(piece)
         finished = time.perf_counter()
-        pieces = self.pieces(ids, probs)
         return Generation(
             text="".join(p.text for p in pieces),
             pieces=pieces,
             prompt_tokens=int(inputs["input_ids"].shape[1]),
-            new_tokens=len(ids),
+            new_tokens=new_tokens,
             timings_ms={
                 "preprocess": (prepared - started) * 1000,
                 "vision": (encoded - prepared) * 1000,
@@ -213,22 +220,29 @@ class PaliGemma:
             },
         )
 
-    def pieces(self, ids: Sequence[int], probs: Sequence[float]) -> list[Piece]:
-        """loc/seg ids become their tokens by id arithmetic; runs of other ids are detokenized."""
-        pieces: list[Piece] = []
-        run: list[int] = []
-        for token_id, prob in zip(ids, probs, strict=True):
-            special = self.layout.special_piece(token_id)
-            if special is None:
-                run.append(token_id)
-                continue
-            if run:
-                pieces.append(Piece(self.tokenizer.decode(run, skip_special_tokens=True)))
-                run = []
-            pieces.append(Piece(special, prob))
-        if run:
-            pieces.append(Piece(self.tokenizer.decode(run, skip_special_tokens=True)))
-        return pieces
+
+class PieceStream:
+    """Generated ids -> pieces as soon as each is known: loc/seg ids become their tokens by id
+    arithmetic at once; a run of other ids is detokenized whole when it ends."""
+
+    def __init__(self, layout: TokenLayout, tokenizer: Any) -> None:
+        self.layout, self.tokenizer = layout, tokenizer
+        self.run: list[int] = []
+
+    def feed(self, token_id: int, prob: float) -> list[Piece]:
+        special = self.layout.special_piece(token_id)
+        if special is None:
+            self.run.append(token_id)
+            return []
+        return [*self.finish(), Piece(special, prob)]
+
+    def finish(self) -> list[Piece]:
+        """The pending text run, if any."""
+        if not self.run:
+            return []
+        text = self.tokenizer.decode(self.run, skip_special_tokens=True)
+        self.run = []
+        return [Piece(text)]
 
 
 def match_reference_image_scaling(model: Any) -> None:

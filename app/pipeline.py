@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from PIL import Image
@@ -65,6 +66,21 @@ class SegmentResult:
     timings_ms: dict[str, float]
 
 
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request that passed every check that needs no model."""
+
+    options: SegmentOptions
+    task_prompt: str
+    max_new_tokens: int
+    image: DecodedImage
+    started: float  # perf_counter() when the request began
+    decoded: float  # ... and when its image was decoded
+
+
+ObjectCallback = Callable[[SegmentedObject], Awaitable[None]]
+
+
 class Pipeline:
     def __init__(self, settings: Settings, worker: Worker) -> None:
         self.settings = settings
@@ -72,33 +88,88 @@ class Pipeline:
         self.url_policy = UrlPolicy(settings.url_allowlist)
 
     async def run(
-        self, source: ImageSource, options: SegmentOptions, *, request_id: str = "-"
+        self,
+        source: ImageSource,
+        options: SegmentOptions,
+        *,
+        on_object: ObjectCallback | None = None,
+        request_id: str = "-",
     ) -> SegmentResult:
         """One image and prompt through every step; domain errors (`app.errors`) on bad input."""
+        prepared = await self.prepare(source, options)
+        return await self.execute(prepared, on_object=on_object, request_id=request_id)
+
+    async def prepare(self, source: ImageSource, options: SegmentOptions) -> PreparedRequest:
+        """Every check that needs no model: prompt, model_id, token budget, image. A streamed
+        answer runs this before its first line, so these errors keep their status codes."""
         started = time.perf_counter()
         task_prompt = build_prompt(options.prompt, max_chars=self.settings.max_prompt_chars)
         self._check_model_id(options.model_id)
         limit = self._token_limit(options.max_new_tokens, task_prompt)
         image = await self._decode(source)
-        decoded = time.perf_counter()
-        output = await self.worker.submit(ModelRequest(image.image, task_prompt, limit))
-        inferred = time.perf_counter()
-        # One thread per object: OpenCV and NumPy release the GIL, so masks place in parallel.
-        objects = await asyncio.gather(
-            *(asyncio.to_thread(self._finish, o, image, options) for o in output.objects)
-        )
+        return PreparedRequest(options, task_prompt, limit, image, started, time.perf_counter())
+
+    async def execute(
+        self,
+        prepared: PreparedRequest,
+        *,
+        on_object: ObjectCallback | None = None,
+        request_id: str = "-",
+    ) -> SegmentResult:
+        """The model, then placement and encoding. Objects are placed while generation goes
+        on, each as soon as the model completes it, and handed to `on_object` in order."""
+        image, options = prepared.image, prepared.options
+        loop = asyncio.get_running_loop()
+        arrivals: asyncio.Queue[DecodedObject] = asyncio.Queue()
+        placing: list[asyncio.Future[SegmentedObject]] = []
+
+        def place(obj: DecodedObject) -> asyncio.Future[SegmentedObject]:
+            # One thread per object: OpenCV and NumPy release the GIL, so masks place in parallel.
+            placing.append(
+                asyncio.ensure_future(asyncio.to_thread(self._finish, obj, image, options))
+            )
+            return placing[-1]
+
+        def arrived(obj: DecodedObject) -> None:  # on the worker thread
+            loop.call_soon_threadsafe(arrivals.put_nowait, obj)
+
+        request = ModelRequest(image.image, prepared.task_prompt, prepared.max_new_tokens)
+        model = asyncio.ensure_future(self.worker.submit(request, on_object=arrived))
+        try:
+            while True:
+                arrival = asyncio.ensure_future(arrivals.get())
+                await asyncio.wait({arrival, model}, return_when=asyncio.FIRST_COMPLETED)
+                if not arrival.done():
+                    arrival.cancel()
+                    break
+                placed = place(arrival.result())
+                if on_object is not None:
+                    await on_object(await placed)
+            output = await model
+            inferred = time.perf_counter()
+            while not arrivals.empty():
+                placed = place(arrivals.get_nowait())
+                if on_object is not None:
+                    await on_object(await placed)
+            objects = list(await asyncio.gather(*placing))
+        finally:
+            model.cancel()  # a no-op once done; else the worker stops generating for us
+            for future in placing:
+                future.cancel()
         timings = {
-            "decode_image": (decoded - started) * 1000,
-            "queue_wait": max((inferred - decoded) * 1000 - sum(output.timings_ms.values()), 0.0),
+            "decode_image": (prepared.decoded - prepared.started) * 1000,
+            "queue_wait": max(
+                (inferred - prepared.decoded) * 1000 - sum(output.timings_ms.values()), 0.0
+            ),
             **output.timings_ms,
-            "masks": (time.perf_counter() - inferred) * 1000,
+            "masks": (time.perf_counter() - inferred) * 1000,  # what placement adds at the end
         }
         overlay = None
         if options.overlay:
             drawn = time.perf_counter()
             overlay = await asyncio.to_thread(self._overlay, image, objects)
             timings["overlay"] = (time.perf_counter() - drawn) * 1000
-        timings["total"] = (time.perf_counter() - started) * 1000
+        timings["total"] = (time.perf_counter() - prepared.started) * 1000
         log.info(
             "request %s prompt_chars=%d image=%dx%d objects=%d %s",
             request_id,
@@ -110,7 +181,7 @@ class Pipeline:
         )
         return SegmentResult(
             model=self.settings.model,
-            prompt=task_prompt,
+            prompt=prepared.task_prompt,
             width=image.width,
             height=image.height,
             text=output.text,

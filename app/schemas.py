@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from app.pipeline import SegmentResult
+    from app.segmentation import SegmentedObject
 
 
 class RleMask(BaseModel):
@@ -84,6 +85,17 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+def render_object(obj: SegmentedObject) -> ResponseObject:
+    """The wire form of one object (an element of `objects`, or a streamed line's `object`)."""
+    return ResponseObject(
+        label=obj.label,
+        box=obj.box,
+        mask=obj.encoded_mask,
+        score=None if obj.score is None else round(obj.score, 4),
+        area=obj.area,
+    )
+
+
 def render(result: SegmentResult) -> SegmentResponse:
     """The wire form of a pipeline result."""
     return SegmentResponse(
@@ -92,16 +104,7 @@ def render(result: SegmentResult) -> SegmentResponse:
         width=result.width,
         height=result.height,
         text=result.text,
-        objects=[
-            ResponseObject(
-                label=o.label,
-                box=o.box,
-                mask=o.encoded_mask,
-                score=None if o.score is None else round(o.score, 4),
-                area=o.area,
-            )
-            for o in result.objects
-        ],
+        objects=[render_object(o) for o in result.objects],
         overlay=base64.b64encode(result.overlay_png).decode() if result.overlay_png else None,
         timings_ms=result.timings_ms,
     )

@@ -19,7 +19,10 @@ from app.http_errors import send_json
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN_PATHS = frozenset({"/health"})  # monitoring works without the token
+# Without the token: monitoring, and the playground's own files (they hold no data; the page
+# then asks for the token and sends it with every API call).
+OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico"})
+OPEN_PREFIXES = ("/static/",)
 
 
 def host_name(host_header: str) -> str:
@@ -52,6 +55,10 @@ def origin_allowed(origin: str, host_header: str | None, allowed: list[str]) -> 
         return True
     parts = urlsplit(origin)
     return bool(parts.netloc) and parts.netloc.lower() == (host_header or "").strip().lower()
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def token_ok(authorization: str | None, token: str) -> bool:
@@ -107,7 +114,7 @@ class AccessGuard:
             )
         if (
             self.token
-            and scope["path"] not in OPEN_PATHS
+            and not is_open(scope["path"])
             and scope["method"] != "OPTIONS"
             and not token_ok(headers.get("authorization"), self.token)
         ):

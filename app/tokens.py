@@ -85,22 +85,22 @@ def parse_text(text: str) -> list[ParsedObject]:
 
 def parse_pieces(pieces: Iterable[Piece]) -> list[ParsedObject]:
     """Objects in a stream of pieces; malformed fragments are dropped, never mis-paired."""
-    parser = _Parser()
-    for piece in pieces:
-        parser.feed(piece)
-    return parser.finish()
+    parser = ObjectParser()
+    objects = [obj for piece in pieces for obj in parser.feed(piece)]
+    return objects + parser.finish()
 
 
-class _Parser:
-    """Reads pieces one by one: a loc run opens a box, codes and label text fill it, a separator
-    or the next box closes it."""
+class ObjectParser:
+    """Reads pieces one by one as they are generated: a loc run opens a box, codes and label
+    text fill it, a separator or the next box closes it. Text may arrive in any split."""
 
     def __init__(self) -> None:
-        self.objects: list[ParsedObject] = []
+        self.objects: list[ParsedObject] = []  # closed, not yet handed out
         self.pending_locs: list[tuple[int, float | None]] = []  # locs not yet claimed by a box
         self.draft: _Draft | None = None
 
-    def feed(self, piece: Piece) -> None:
+    def feed(self, piece: Piece) -> list[ParsedObject]:
+        """The objects this piece completed (usually none)."""
         if (loc := _LOC.fullmatch(piece.text)) and int(loc.group(1)) < LOC_TOKENS:
             self._close()
             self.pending_locs.append((int(loc.group(1)), piece.prob))
@@ -108,11 +108,17 @@ class _Parser:
             self._feed_code(int(seg.group(1)), piece.prob)
         else:
             self._feed_text(piece.text)
+        return self._hand_out()
 
     def finish(self) -> list[ParsedObject]:
+        """The objects the end of the output completed."""
         self._open()  # a complete box at the very end, with no label, still counts
         self._close()
-        return self.objects
+        return self._hand_out()
+
+    def _hand_out(self) -> list[ParsedObject]:
+        done, self.objects = self.objects, []
+        return done
 
     def _open(self) -> None:
         """Claim the last four pending locs as a box; fewer means a truncated box, dropped."""

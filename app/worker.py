@@ -58,7 +58,14 @@ class ModelSide(Protocol):
 
     def load(self) -> ModelInfo: ...
 
-    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> ModelOutput: ...
+    def run(
+        self,
+        request: ModelRequest,
+        cancelled: Callable[[], bool],
+        on_object: Callable[[DecodedObject], None],
+    ) -> ModelOutput:
+        """`on_object` gets each object as soon as it is complete (on this thread)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -155,8 +162,9 @@ class Worker:
             log.exception("model failed to load: %s", self._reason)
 
     # -- requests ----------------------------------------------------------------------------
-    async def submit(self, request: ModelRequest) -> ModelOutput:
-        """Run one request on the worker thread, with a bounded wait and a time limit."""
+    def check_admission(self) -> None:
+        """Raise what `submit` would raise at once (not ready, queue full), so a streamed
+        answer can refuse with a status code before its first line."""
         if self._state != "ok":
             raise NotReady(self._not_ready_detail())
         if self._waiting >= self.max_queue:
@@ -165,12 +173,23 @@ class Worker:
                 f"(SEGMENT_MAX_QUEUE={self.max_queue}); try again shortly.",
                 retry_after_s=2,
             )
+
+    async def submit(
+        self,
+        request: ModelRequest,
+        on_object: Callable[[DecodedObject], None] = lambda obj: None,
+    ) -> ModelOutput:
+        """Run one request on the worker thread, with a bounded wait and a time limit.
+
+        `on_object` is called on the worker thread as each object completes.
+        """
+        self.check_admission()
         job = _Job()
         with self._counts:
             self._waiting += 1
         self._jobs.add(job)
         try:
-            future = self._thread.submit(self._run, request, job)
+            future = self._thread.submit(self._run, request, job, on_object)
             result = await asyncio.wait_for(
                 asyncio.wrap_future(future), timeout=self.request_timeout_s
             )
@@ -200,7 +219,9 @@ class Worker:
             return "The model is still loading; retry in a few seconds (GET /health says when)."
         return f"The model is not available: {self._reason}"
 
-    def _run(self, request: ModelRequest, job: _Job) -> ModelOutput:
+    def _run(
+        self, request: ModelRequest, job: _Job, on_object: Callable[[DecodedObject], None]
+    ) -> ModelOutput:
         with self._counts:
             if job.withdrawn or job.cancel.is_set():
                 raise Cancelled("abandoned before it started")
@@ -208,7 +229,7 @@ class Worker:
             self._waiting -= 1
             self._running += 1
         try:
-            return self.model.run(request, job.cancel.is_set)
+            return self.model.run(request, job.cancel.is_set, on_object)
         finally:
             with self._counts:
                 self._running -= 1

@@ -17,13 +17,16 @@ from PIL import Image
 from app.config import Settings
 from app.errors import Cancelled
 from app.main import create_app
+from app.segmentation import DecodedObject
 from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
 
 
 @dataclass
 class Hold:
-    """Keep the worker busy until released or cancelled, as a long generation would."""
+    """Keep the worker busy until released or cancelled, as a long generation would; the
+    `found` objects are handed out first, as a generation completes objects on its way."""
 
+    found: list[DecodedObject] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -48,18 +51,27 @@ class FakeModel:
     def load(self) -> ModelInfo:
         return ModelInfo(device="cpu", input_size=(224, 224), random_weights=False)
 
-    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> ModelOutput:
+    def run(
+        self,
+        request: ModelRequest,
+        cancelled: Callable[[], bool],
+        on_object: Callable[[DecodedObject], None],
+    ) -> ModelOutput:
         self.images.append(request.image)
         reply = self.replies.popleft() if self.replies else empty_output()
         if isinstance(reply, Hold):
+            for obj in reply.found:
+                on_object(obj)
             reply.started.set()
             while not reply.release.wait(0.01):
                 if cancelled():  # the real generation checks this between tokens
                     reply.cancelled.set()
                     raise Cancelled("abandoned")
-            return empty_output()
+            return ModelOutput(text="", objects=reply.found, timings_ms={})
         if isinstance(reply, Exception):
             raise reply
+        for obj in reply.objects:
+            on_object(obj)
         return reply
 
 

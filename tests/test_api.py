@@ -25,6 +25,7 @@ from app.config import Settings
 from app.main import create_app
 from app.model import SegmentationModel, create_worker
 from app.paligemma import PaliGemma
+from app.segmentation import DecodedObject
 from app.tokens import box_to_pixels
 from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
 from scripts.scripted_output import ScriptedOutput
@@ -338,8 +339,13 @@ class _Gated:
         self.gate.wait(30)
         return self.inner.load()
 
-    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> ModelOutput:
-        return self.inner.run(request, cancelled)
+    def run(
+        self,
+        request: ModelRequest,
+        cancelled: Callable[[], bool],
+        on_object: Callable[[DecodedObject], None],
+    ) -> ModelOutput:
+        return self.inner.run(request, cancelled, on_object)
 
 
 def test_health_is_503_while_loading_then_200(tiny_model_dir: Path) -> None:

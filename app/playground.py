@@ -1,0 +1,60 @@
+"""`GET /`: the playground page for browsers, a JSON welcome for every other client.
+
+The page is plain files in app/static (HTML, CSS, one JavaScript module): no build step, no
+CDN, so it works with no network at all. It is sent with a Content-Security-Policy that lets it
+load and call nothing but this service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+STATIC = Path(__file__).parent / "static"
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def wants_html(request: Request) -> bool:
+    """Browsers ask for text/html first; curl, scripts and apps send */* or JSON."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+def install_playground(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> Response:
+        """The playground in a browser; a short JSON description of the service otherwise."""
+        if wants_html(request):
+            return FileResponse(
+                STATIC / "index.html",
+                headers={
+                    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                    "Cache-Control": "no-cache",
+                },
+            )
+        return JSONResponse(welcome(app))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.png", media_type="image/png")
+
+
+def welcome(app: FastAPI) -> dict[str, Any]:
+    return {
+        "message": f"{app.title}: POST an image and a prompt to /segment.",
+        "version": app.version,
+        "segment": "/segment",
+        "health": "/health",
+        "docs": "/docs",
+        "redoc": "/redoc",
+        "playground": "/ (open it in a browser)",
+    }

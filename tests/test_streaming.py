@@ -1,0 +1,151 @@
+"""`stream=true`: NDJSON lines, objects as they are found, one `done` equal to the plain answer."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from app.segmentation import DecodedObject
+from tests.fake_model import Hold, fake_service
+from tests.images import gradient, image_bytes
+from tests.service import live_server, local_client, tiny_settings, wait_healthy
+
+PNG = image_bytes(gradient(320, 240))
+
+
+def stream(client: TestClient, **form: str) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    files = {"image_file": ("a.png", PNG)}
+    data = {"prompt": "cat ; dog ; car", "stream": "true", **form}
+    with client.stream("POST", "/segment", data=data, files=files) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    return response, lines
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_model_dir: Path) -> Iterator[TestClient]:
+    with local_client(create_app(tiny_settings(tiny_model_dir))) as client:
+        wait_healthy(client)
+        yield client
+
+
+@pytest.mark.parametrize("mask_format", ["png", "rle", "coco_rle", "polygon", "none"])
+def test_objects_then_one_done_equal_to_the_plain_answer(
+    demo: TestClient, mask_format: str
+) -> None:
+    response, lines = stream(demo, mask_format=mask_format, overlay="true")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-ndjson"
+    assert response.headers["x-request-id"]
+    *objects, done = lines
+    assert [line["type"] for line in objects] == ["object"] * 3 and done["type"] == "done"
+    assert [line["object"] for line in objects] == done["objects"]
+    plain = demo.post(
+        "/segment",
+        data={"prompt": "cat ; dog ; car", "mask_format": mask_format, "overlay": "true"},
+        files={"image_file": ("a.png", PNG)},
+    ).json()
+    del done["type"], done["timings_ms"], plain["timings_ms"]
+    assert done == plain
+
+
+def test_bad_input_and_a_full_queue_keep_their_status_codes() -> None:
+    fake = fake_service(Settings(model="fake/model", warmup=False, max_queue=1))  # type: ignore[call-arg]
+    holds = [Hold(), Hold()]
+    fake.model.enqueue(*holds)
+    with local_client(fake.app()) as client:
+        wait_healthy(client)
+        response, [body] = stream(client, prompt="   ")
+        assert response.status_code == 400 and "prompt is empty" in body["detail"]
+        threads = [threading.Thread(target=stream, args=(client,)) for _ in holds]
+        threads[0].start()
+        assert holds[0].started.wait(10)
+        threads[1].start()
+        while client.get("/health").json()["waiting"] < 1:
+            pass
+        full, [body] = stream(client)
+        assert full.status_code == 503 and full.headers["retry-after"]
+        assert "already waiting" in body["detail"]
+        for hold in holds:
+            hold.release.set()
+        for thread in threads:
+            thread.join(10)
+
+
+def test_an_error_after_the_first_line_is_one_error_line() -> None:
+    fake = fake_service(Settings(model="fake/model", warmup=False, request_timeout_s=0.5))  # type: ignore[call-arg]
+    fake.model.enqueue(Hold())
+    with local_client(fake.app()) as client:
+        wait_healthy(client)
+        response, lines = stream(client)
+    assert response.status_code == 200
+    [error] = lines
+    assert error["type"] == "error" and error["status"] == 504
+    assert "SEGMENT_REQUEST_TIMEOUT_S" in error["detail"]
+
+
+def test_a_crash_mid_stream_names_the_request_id_only() -> None:
+    fake = fake_service(Settings(model="fake/model", warmup=False))  # type: ignore[call-arg]
+    fake.model.enqueue(RuntimeError("decoder exploded"))
+    with local_client(fake.app()) as client:
+        wait_healthy(client)
+        response, lines = stream(client)
+    [error] = lines
+    assert error == {
+        "type": "error",
+        "status": 500,
+        "detail": f"Internal error (request id {response.headers['x-request-id']}); "
+        "the log has the details.",
+    }
+
+
+def test_an_object_is_sent_while_the_model_is_still_generating() -> None:
+    fake = fake_service(Settings(model="fake/model", warmup=False))  # type: ignore[call-arg]
+    cat = DecodedObject("cat", (100, 100, 600, 600), 0.9, np.ones((64, 64), np.float32))
+    hold = Hold(found=[cat])
+    fake.model.enqueue(hold)
+    with live_server(fake.app()) as url:
+        data = {"prompt": "cat", "stream": "true", "mask_format": "none"}
+        files = {"image_file": ("a.png", PNG)}
+        with httpx.stream("POST", f"{url}/segment", data=data, files=files, timeout=10) as r:
+            lines = r.iter_lines()
+            first = json.loads(next(lines))
+            assert not hold.release.is_set()  # the model has not finished
+            assert first == {
+                "type": "object",
+                "object": {
+                    "label": "cat",
+                    "box": [31, 23, 188, 141],
+                    "mask": None,
+                    "score": 0.9,
+                    "area": 18526,
+                },
+            }
+            hold.release.set()
+            done = json.loads(next(lines))
+    assert done["type"] == "done" and done["objects"] == [first["object"]]
+
+
+def test_a_client_that_leaves_stops_the_generation() -> None:
+    fake = fake_service(Settings(model="fake/model", warmup=False))  # type: ignore[call-arg]
+    hold = Hold()
+    fake.model.enqueue(hold)
+    with live_server(fake.app()) as url:
+        data = {"prompt": "cat", "stream": "true"}
+        with httpx.stream(
+            "POST", f"{url}/segment", data=data, files={"image_file": ("a.png", PNG)}, timeout=10
+        ) as response:
+            assert response.status_code == 200
+            assert hold.started.wait(10)
+        # The connection is closed: the worker must be told to stop.
+        assert hold.cancelled.wait(10)
+        assert httpx.get(f"{url}/health", timeout=5).json()["running"] == 0
