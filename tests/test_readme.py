@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.config import Settings
@@ -75,3 +77,26 @@ def test_cli_example_uses_real_options() -> None:
     argv = line.split("python -m app ", 1)[1].replace('"cat ; dog"', "cat").split()
     args = build_parser().parse_args(argv)
     assert args.command == "segment" and args.overlay and args.coco and args.out
+
+
+def test_streaming_example_runs(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.main import create_app
+    from tests.images import gradient
+    from tests.service import live_server, tiny_settings
+
+    code = README.split("```python\nimport json, requests", 1)[1].split("```", 1)[0]
+    gradient(120, 90).save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    with live_server(create_app(tiny_settings(tiny_model_dir))) as url:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline
+        code = "import json, requests" + code.replace("http://127.0.0.1:8000", url)
+        exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "found cat" in out and "found dog" in out and "all: 2 objects" in out
