@@ -110,9 +110,13 @@ class RemoteService:
             )
         except httpx.HTTPError as exc:
             raise ServiceError(f"the request failed: {exc.__class__.__name__}: {exc}") from exc
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError:  # not our service, or a proxy in between
+            body = {"detail": response.text[:200] or "no body"}
         if response.status_code != 200:
-            raise ServiceError(f"the service answered {response.status_code}: {body['detail']}")
+            detail = body.get("detail", body)
+            raise ServiceError(f"the service answered {response.status_code}: {detail}")
         return _result(body, options)
 
 

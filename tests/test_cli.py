@@ -178,3 +178,14 @@ def test_python_m_app_segment_as_a_user_runs_it(tiny_model_dir: Path, images: li
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
     assert body["objects"][0]["mask"]["size"] == [120, 160]
+
+
+def test_server_mode_passes_the_token_and_reports_a_refusal(
+    tiny_model_dir: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tiny_settings(tiny_model_dir, api_token="s3cret")
+    with live_server(create_app(settings)) as url:
+        argv = [str(images[0]), "--prompt", "cat", "--server", url]
+        assert run_cli([*argv, "--token", "wrong"], settings) == 1
+        assert "the service answered 401: Missing or wrong API token" in capsys.readouterr().err
+        assert run_cli(argv, settings) == 0  # SEGMENT_API_TOKEN from the settings
