@@ -116,8 +116,8 @@ class Pipeline:
         on_object: ObjectCallback | None = None,
         request_id: str = "-",
     ) -> SegmentResult:
-        """The model, then placement and encoding. Objects are placed while generation goes
-        on, each as soon as the model completes it, and handed to `on_object` in order."""
+        """The model, then placement and encoding. With `on_object`, each object is placed as
+        soon as the model completes it and handed over in order while generation goes on."""
         image, options = prepared.image, prepared.options
         loop = asyncio.get_running_loop()
         arrivals: asyncio.Queue[DecodedObject] = asyncio.Queue()
@@ -136,15 +136,16 @@ class Pipeline:
         request = ModelRequest(image.image, prepared.task_prompt, prepared.max_new_tokens)
         model = asyncio.ensure_future(self.worker.submit(request, on_object=arrived))
         try:
-            while True:
+            # Streaming: place each object while generation goes on and send it at once. Else
+            # place them all at the end, in parallel: on a busy CPU, placing meanwhile slows
+            # generation more than it saves (tiny model, 2 cores: generate 148 -> 220 ms).
+            while on_object is not None:
                 arrival = asyncio.ensure_future(arrivals.get())
                 await asyncio.wait({arrival, model}, return_when=asyncio.FIRST_COMPLETED)
                 if not arrival.done():
                     arrival.cancel()
                     break
-                placed = place(arrival.result())
-                if on_object is not None:
-                    await on_object(await placed)
+                await on_object(await place(arrival.result()))
             output = await model
             inferred = time.perf_counter()
             while not arrivals.empty():
