@@ -1,17 +1,21 @@
 # One command per job, for people and CI alike. Every target sets up .venv itself.
-PYTHON ?= python3
+# PYTHON= picks the interpreter for .venv; by default scripts/python_env.sh finds one >= 3.11.
+PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR := models/paligemma2-tiny-random
 
-.PHONY: serve test demo models lint bench clean
+.PHONY: install serve test demo models lint bench clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@sh scripts/python_env.sh venv $(VENV) $(PYTHON)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	@echo "Installing the dependencies into $(VENV) (the first time takes a few minutes)..."
+	$(PY) -m pip install --progress-bar on -e ".[dev]"
 	touch $(STAMP)
+
+install: $(STAMP)  ## Create or repair .venv (serve and test do this first)
 
 serve: $(STAMP)  ## Start the service on 127.0.0.1:8000 (SEGMENT_* variables configure it)
 	$(PY) -m app
@@ -41,7 +45,7 @@ clean:
 # macOS login agent (launchd). uninstall/status need only the standard library, so they fall
 # back to $(PYTHON) when .venv is gone (after `make clean`).
 AGENT := -m scripts.launchd_agent
-AGENT_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+AGENT_PY = $(if $(wildcard $(PY)),$(PY),$(or $(PYTHON),python3))
 
 .PHONY: install-agent uninstall-agent agent-status agent-plist
 

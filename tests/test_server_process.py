@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def test_serves_with_settings_from_the_environment(
     assert too_long.status_code == 400 and "limit is 40" in too_long.json()["detail"]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the OpenBLAS preload is Linux-only")
 def test_linux_runs_mlx_on_openblas(server: AppProcess) -> None:
     """`python -m app` re-executed itself with OpenBLAS preloaded (app/blas.py)."""
     assert "CPU BLAS: OpenBLAS preloaded" in server.log.read_text()
