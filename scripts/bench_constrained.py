@@ -16,17 +16,9 @@ from typing import Any
 
 import numpy as np
 
-ANSWER = (
-    "<loc0100><loc0200><loc0600><loc0700>{s0} cat ; "
-    "<loc0500><loc0050><loc1000><loc0400>{s1} dog ; "
-    "<loc0050><loc0600><loc0300><loc0950>{s2} left wheel"
-)
+from scripts.scripted_output import three_objects
+
 CLASSES = ["cat", "dog", "left wheel"]
-
-
-def answer_text() -> str:
-    codes = ["".join(f"<seg{(7 * i + j) % 128:03d}>" for j in range(16)) for i in range(3)]
-    return ANSWER.format(s0=codes[0], s1=codes[1], s2=codes[2])
 
 
 def real_vocabulary_tokenizer(directory: Path) -> Any:
@@ -53,7 +45,7 @@ def grammar_alone(repeats: int) -> dict[str, Any]:
     layout = TokenLayout.from_tokenizer(tokenizer, [tokenizer.eos_token_id])
     vocabulary = Vocabulary.from_tokenizer(tokenizer, layout)
     index_ms = (time.perf_counter() - started) * 1000
-    ids = [*tokenizer.encode(answer_text(), add_special_tokens=False), tokenizer.eos_token_id]
+    ids = [*tokenizer.encode(three_objects(), add_special_tokens=False), tokenizer.eos_token_id]
     vocab_size = 257_216
     rng = np.random.default_rng(0)
     per_step: list[float] = []
@@ -96,7 +88,7 @@ def tiny_generation(model_dir: Path, repeats: int) -> dict[str, Any]:
     from scripts.scripted_output import ScriptedOutput
 
     model = PaliGemma.load(model_dir)
-    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), answer_text())
+    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), three_objects())
     image = Image.new("RGB", (224, 224), (120, 90, 60))
     prompt = "segment " + " ; ".join(CLASSES)
     rows: dict[str, list[float]] = {"unconstrained": [], "constrained": []}
@@ -110,7 +102,7 @@ def tiny_generation(model_dir: Path, repeats: int) -> dict[str, Any]:
                 logits_processors=script.processors(),
                 grammar=grammar if name == "constrained" else None,
             )
-            assert generation.text == answer_text(), generation.text
+            assert generation.text == three_objects(), generation.text
             if index:  # the first round warms up
                 rows[name].append(generation.timings_ms["generate"] / generation.new_tokens)
     return {name: _summary(samples) for name, samples in rows.items()}

@@ -34,13 +34,9 @@ from app.blas import MARKER, find_openblas, preload_environment
 from scripts.bench_constrained import grammar_alone, tiny_generation
 from scripts.bench_constrained import table as constrained_table
 from scripts.bench_real_size import table
+from scripts.scripted_output import three_objects
 
 ROOT = Path(__file__).resolve().parent.parent
-THREE_OBJECTS = (
-    "<loc0100><loc0200><loc0600><loc0700>{s0} cat ; "
-    "<loc0500><loc0050><loc1000><loc0400>{s1} dog ; "
-    "<loc0050><loc0600><loc0300><loc0950>{s2} left wheel"
-)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -101,18 +97,16 @@ def jpeg(width: int, height: int) -> bytes:
 
 @contextmanager
 def tiny_service(model_dir: Path) -> Iterator[tuple[Any, Any]]:
-    """The real app and worker on the tiny model, made to say THREE_OBJECTS."""
+    """The real app and worker on the tiny model, made to say three_objects()."""
     from fastapi.testclient import TestClient
     from transformers import AutoTokenizer
 
     from app.config import Settings
     from app.main import create_app
     from app.model import create_worker
-    from scripts.scripted_output import ScriptedOutput
+    from scripts.scripted_output import ScriptedOutput  # imports MLX
 
-    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)))
-    codes = ["".join(f"<seg{(7 * i + j) % 128:03d}>" for j in range(16)) for i in range(3)]
-    script.text = THREE_OBJECTS.format(s0=codes[0], s1=codes[1], s2=codes[2])
+    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), three_objects())
     settings = Settings(model=str(model_dir), vae_path=model_dir / "vae-oid.npz")
     worker = create_worker(settings, logits_processors=script.processors)
     with TestClient(create_app(settings, worker), base_url="http://127.0.0.1:8000") as client:
@@ -156,6 +150,66 @@ def request_overhead(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def time_to_first_object(model_dir: Path, repeats: int) -> dict[str, Any]:
+    """stream=true over a real socket (uvicorn on loopback): when the first object line
+    arrives versus the `done` line, for the 3-object answer at 640x480."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+    from transformers import AutoTokenizer
+
+    from app.config import Settings
+    from app.main import create_app
+    from app.model import create_worker
+    from scripts.scripted_output import ScriptedOutput  # imports MLX
+
+    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), three_objects())
+    settings = Settings(model=str(model_dir), vae_path=model_dir / "vae-oid.npz")
+    app = create_app(settings, create_worker(settings, logits_processors=script.processors))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    first: list[float] = []
+    done: list[float] = []
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        data = jpeg(640, 480)
+        for index in range(repeats + 1):
+            started = time.perf_counter()
+            arrivals = []
+            with httpx.stream(
+                "POST",
+                f"{url}/segment",
+                data={"prompt": "cat ; dog ; left wheel", "stream": "true"},
+                files={"image_file": ("photo.jpg", data)},
+                timeout=120,
+            ) as response:
+                for line in response.iter_lines():
+                    if line:
+                        arrivals.append(((time.perf_counter() - started) * 1000, json.loads(line)))
+            kinds = [body["type"] for _, body in arrivals]
+            assert kinds == ["object", "object", "object", "done"], kinds
+            if index:  # the first request warms up
+                first.append(arrivals[0][0])
+                done.append(arrivals[-1][0])
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    return {"first_object_ms": summary(first), "done_ms": summary(done)}
 
 
 def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
@@ -303,6 +357,20 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['second_prompt_total_ms']['median']} |",
             "",
         ]
+    if "streaming" in results:
+        r = results["streaming"]
+        lines += [
+            "## Streaming (stream=true): time to first object vs the whole answer",
+            "",
+            "3 objects, 640x480 JPEG, tiny model, over a real loopback socket (client-side ms).",
+            "",
+            "| line | median ms | min-max |",
+            "|---|---:|---:|",
+            f"| first `object` | {r['first_object_ms']['median']} | "
+            f"{r['first_object_ms']['min']}-{r['first_object_ms']['max']} |",
+            f"| `done` | {r['done_ms']['median']} | {r['done_ms']['min']}-{r['done_ms']['max']} |",
+            "",
+        ]
     if "constrained_decoding" in results:
         lines += constrained_table(results["constrained_decoding"])
     if "real_size" in results:
@@ -345,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         results["request_overhead"] = request_overhead(model_dir, repeats)
         print("repeated image ...", flush=True)
         results["repeated_image"] = repeated_image(model_dir, repeats)
+        print("time to first object ...", flush=True)
+        results["streaming"] = time_to_first_object(model_dir, repeats)
         print("constrained decoding ...", flush=True)
         results["constrained_decoding"] = {
             "grammar_alone": grammar_alone(repeats),

@@ -41,3 +41,16 @@ class _ForceSequence:
         target = self.ids[min(step, len(self.ids) - 1)]
         # A large margin rather than -inf elsewhere: the scripted token wins, nothing is NaN.
         return logits + 100.0 * (mx.arange(logits.shape[-1]) == target)
+
+
+THREE_OBJECTS = (
+    "<loc0100><loc0200><loc0600><loc0700>{s0} cat ; "
+    "<loc0500><loc0050><loc1000><loc0400>{s1} dog ; "
+    "<loc0050><loc0600><loc0300><loc0950>{s2} left wheel"
+)
+
+
+def three_objects() -> str:
+    """The benchmarks' answer to 'cat ; dog ; left wheel': three segmented objects."""
+    codes = ["".join(f"<seg{(7 * i + j) % 128:03d}>" for j in range(16)) for i in range(3)]
+    return THREE_OBJECTS.format(s0=codes[0], s1=codes[1], s2=codes[2])
