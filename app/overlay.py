@@ -1,8 +1,8 @@
 """A picture of a result for people: each object's mask tinted, outlined and boxed, with a tag.
 
 Pure NumPy/OpenCV/PIL. Masks are drawn first, then outlines and boxes, then every tag, so no
-tag is ever covered by another object. Line widths and text scale with the image, so a 64 px
-thumbnail and a 12-megapixel photo both read well.
+tag is ever covered by another object. Line widths and text scale with the image's shorter
+side, so a 64 px thumbnail and a 12-megapixel photo both read well.
 """
 
 from __future__ import annotations
@@ -14,123 +14,163 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# Distinct, saturated colours (RGB) that stay visible on photos; objects cycle through them.
-PALETTE = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 190),
-    (0, 128, 128),
-    (255, 225, 25),
-    (170, 110, 40),
+# Saturated colours (RGB) that stay visible on photos, neighbours far apart in hue, so the
+# first few objects (the usual case) differ most. Objects cycle through them.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),  # crimson
+    (60, 180, 75),  # green
+    (0, 130, 200),  # blue
+    (245, 130, 48),  # orange
+    (145, 30, 180),  # purple
+    (70, 240, 240),  # cyan
+    (240, 50, 230),  # magenta
+    (210, 245, 60),  # lime
+    (110, 100, 255),  # periwinkle
+    (255, 225, 25),  # yellow
+    (0, 170, 150),  # teal
+    (255, 80, 160),  # pink
 )
 FILL_OPACITY = 0.45
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-REFERENCE_SIDE = 640  # at this image size lines are 2 px and text is ~14 px high
+REFERENCE_SIDE = 480  # shorter side at which boxes are 2 px and the font scale is 0.5 (~11 px)
+MIN_FONT_SCALE = 0.3  # smaller Hershey glyphs blur into blobs: a legible tag beats a tiny one
+DARK_INK_ABOVE = 150  # Rec. 601 luma of a tag colour above which black text reads better
 
 
 class Drawable(Protocol):
+    """What the overlay needs of an object; `segmentation.SegmentedObject` is one."""
+
     @property
     def label(self) -> str: ...
     @property
     def box(self) -> tuple[int, int, int, int]: ...  # x_min, y_min, x_max, y_max (exclusive)
     @property
-    def mask(self) -> np.ndarray | None: ...  # bool (height, width)
+    def mask(self) -> np.ndarray | None: ...  # bool (height, width); None: detection only
     @property
     def score(self) -> float | None: ...
 
 
 def colour(index: int) -> tuple[int, int, int]:
+    """The RGB colour of the index-th object (the palette repeats past its end)."""
     return PALETTE[index % len(PALETTE)]
 
 
 def draw_overlay(image: Image.Image, objects: Sequence[Drawable]) -> np.ndarray:
     """RGB uint8 (height, width, 3): the image with every object drawn on it."""
-    canvas = np.array(image.convert("RGB"))  # (H, W, 3) RGB, a writable copy
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    canvas = np.array(rgb)  # (H, W, 3) RGB, a writable copy: the caller's image stays as it was
     height, width = canvas.shape[:2]
-    scale = max(min(height, width) / REFERENCE_SIDE, 0.25)
+    scale = min(height, width) / REFERENCE_SIDE
     line = max(1, round(2 * scale))
-    regions = [_mask_region(obj.mask) for obj in objects]
-    for index, (obj, region) in enumerate(zip(objects, regions, strict=True)):
-        if region is not None:
-            inside = obj.mask[region]  # type: ignore[index]  # (h, w) bool, the mask's bounds
-            patch = canvas[region]  # a view: writing it writes the canvas
+    masks = [_bool_mask(obj.mask, height, width) for obj in objects]
+    regions = [None if mask is None else _mask_region(mask) for mask in masks]
+    for index, (mask, region) in enumerate(zip(masks, regions, strict=True)):
+        if mask is not None and region is not None:
+            patch = np.ascontiguousarray(canvas[region])  # (h, w, 3) the mask's bounds
             tint = np.empty_like(patch)
             tint[:] = colour(index)
             blended = cv2.addWeighted(patch, 1 - FILL_OPACITY, tint, FILL_OPACITY, 0.0)
-            np.copyto(patch, blended, where=inside[..., None])
-    for index, (obj, region) in enumerate(zip(objects, regions, strict=True)):
-        rgb = colour(index)
-        if region is not None:
+            # OpenCV's masked copy: ~2x faster than np.copyto(where=) on 12 MP.
+            canvas[region] = cv2.copyTo(blended, mask[region].view(np.uint8), patch)
+    for index, (obj, mask, region) in enumerate(zip(objects, masks, regions, strict=True)):
+        if mask is not None and region is not None:
             contours, _ = cv2.findContours(
-                obj.mask[region].view(np.uint8),  # type: ignore[index]
+                mask[region].view(np.uint8),
                 cv2.RETR_EXTERNAL,
                 cv2.CHAIN_APPROX_SIMPLE,
                 offset=(region[1].start, region[0].start),
             )
-            cv2.drawContours(canvas, contours, -1, rgb, max(1, line // 2))
-        x0, y0, x1, y1 = obj.box
-        if x1 > x0 and y1 > y0:
-            cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), rgb, line)  # axis-aligned: no AA
+            cv2.drawContours(canvas, contours, -1, colour(index), max(1, line // 3))
+        _frame(canvas, obj.box, colour(index), line)
+    font_scale = max(0.5 * scale, MIN_FONT_SCALE)
     placed: list[tuple[int, int, int, int]] = []  # tags drawn so far: left, top, right, bottom
     for index, obj in enumerate(objects):
-        placed.append(_tag(canvas, obj, colour(index), scale, placed))
+        placed.append(_tag(canvas, obj, colour(index), font_scale, placed))
     return canvas
 
 
-def _mask_region(mask: np.ndarray | None) -> tuple[slice, slice] | None:
-    """Rows and columns that hold the mask's pixels (masks are mostly empty), or None."""
+def overlay_png(image: Image.Image, objects: Sequence[Drawable], compression: int = 1) -> bytes:
+    """The overlay as PNG bytes (zlib level `compression`: speed first, as for masks).
+
+    The Sub row filter: on photos it compresses as well as OpenCV's adaptive default and is
+    ~30% faster (12 MP: ~0.6 s, almost all of it zlib).
+    """
+    bgr = cv2.cvtColor(draw_overlay(image, objects), cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+    params = [
+        cv2.IMWRITE_PNG_COMPRESSION,
+        compression,
+        cv2.IMWRITE_PNG_FILTER,
+        cv2.IMWRITE_PNG_FILTER_SUB,
+    ]
+    ok, buffer = cv2.imencode(".png", bgr, params)
+    if not ok:  # pragma: no cover - OpenCV only fails here on an empty array
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def _bool_mask(mask: np.ndarray | None, height: int, width: int) -> np.ndarray | None:
+    """The mask as bool (any nonzero pixel is inside, as in masks.py), checked against the image."""
     if mask is None:
         return None
+    if mask.shape != (height, width):
+        raise ValueError(f"mask is {mask.shape[:2]}, the image is ({height}, {width})")
+    return mask if mask.dtype == bool else mask != 0
+
+
+def _mask_region(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns that hold the mask's pixels (masks are mostly empty), or None."""
     x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
     return None if w == 0 else (slice(y, y + h), slice(x, x + w))
+
+
+def _frame(
+    canvas: np.ndarray, box: tuple[int, int, int, int], rgb: tuple[int, int, int], line: int
+) -> None:
+    """The box's outline, `line` px wide, inside the box's own pixels.
+
+    Inside rather than centred on the edge (as cv2.rectangle draws it), so none of it is lost
+    where the box meets the image's edge. Clipped to the image; an empty box draws nothing.
+    """
+    height, width = canvas.shape[:2]
+    x0, y0 = max(box[0], 0), max(box[1], 0)
+    x1, y1 = min(box[2], width), min(box[3], height)
+    if x1 <= x0 or y1 <= y0:
+        return
+    canvas[y0 : min(y0 + line, y1), x0:x1] = rgb  # top
+    canvas[max(y1 - line, y0) : y1, x0:x1] = rgb  # bottom
+    canvas[y0:y1, x0 : min(x0 + line, x1)] = rgb  # left
+    canvas[y0:y1, max(x1 - line, x0) : x1] = rgb  # right
 
 
 def _tag(
     canvas: np.ndarray,
     obj: Drawable,
     rgb: tuple[int, int, int],
-    scale: float,
+    font_scale: float,
     placed: list[tuple[int, int, int, int]],
 ) -> tuple[int, int, int, int]:
     """`label 0.91` on a filled patch at the box's top-left, inside the image, below any
     earlier tag it would cover (objects often share a corner). Returns where it went."""
     text = obj.label if obj.score is None else f"{obj.label} {obj.score:.2f}"
-    font_scale = 0.5 * scale
-    thickness = max(1, round(scale))
+    thickness = max(1, round(2 * font_scale))  # Hershey strokes: ~2 px per unit of scale
     (text_w, text_h), baseline = cv2.getTextSize(text, FONT, font_scale, thickness)
-    pad = max(1, round(3 * scale))
+    pad = max(1, round(5 * font_scale))
     tag_w, tag_h = text_w + 2 * pad, text_h + baseline + 2 * pad
     height, width = canvas.shape[:2]
     x0, y0 = obj.box[0], obj.box[1]
-    top = y0 - tag_h if y0 - tag_h >= 0 else y0  # above the box, or just inside it
-    left = min(max(x0, 0), max(width - tag_w, 0))
+    natural = y0 - tag_h if y0 - tag_h >= 0 else max(y0, 0)  # above the box, or just inside
+    left = min(max(x0, 0), max(width - tag_w, 0))  # slides left at the right edge; clips if wider
+    top = natural
     for other in sorted(placed, key=lambda r: r[1]):
-        if (
-            left < other[2]
-            and other[0] < left + tag_w
-            and top < other[3]
-            and other[1] < top + tag_h
-        ):
-            top = other[3]  # overlaps: move below it
-    top = min(max(top, 0), max(height - tag_h, 0))
+        overlaps = left < other[2] and other[0] < left + tag_w
+        if overlaps and top < other[3] and other[1] < top + tag_h:
+            top = other[3]  # move below it
+    if top != natural and (top >= obj.box[3] or top + tag_h > height):
+        top = natural  # no room below: a tag by its own box beats one far from it (tiny images)
+    top = min(top, max(height - tag_h, 0))
     cv2.rectangle(canvas, (left, top), (left + tag_w - 1, top + tag_h - 1), rgb, cv2.FILLED)
-    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-    ink = (0, 0, 0) if luminance > 150 else (255, 255, 255)
-    origin = (left + pad, top + pad + text_h)
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    ink = (0, 0, 0) if luma > DARK_INK_ABOVE else (255, 255, 255)
+    origin = (left + pad, top + pad + text_h)  # putText's origin is the baseline's left end
     cv2.putText(canvas, text, origin, FONT, font_scale, ink, thickness, cv2.LINE_AA)
     return left, top, left + tag_w, top + tag_h
-
-
-def overlay_png(image: Image.Image, objects: Sequence[Drawable], compression: int = 1) -> bytes:
-    """The overlay as PNG bytes (zlib level `compression`: speed first, as for masks)."""
-    bgr = cv2.cvtColor(draw_overlay(image, objects), cv2.COLOR_RGB2BGR)
-    ok, buffer = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
-    if not ok:  # pragma: no cover - OpenCV only fails here on an empty array
-        raise RuntimeError("PNG encoding failed")
-    return buffer.tobytes()

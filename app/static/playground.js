@@ -3,7 +3,7 @@
 
 const PALETTE = [ // the service's overlay colours (app/overlay.py), so both pictures agree
   [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
-  [240, 50, 230], [210, 245, 60], [250, 190, 190], [0, 128, 128], [255, 225, 25], [170, 110, 40],
+  [240, 50, 230], [210, 245, 60], [110, 100, 255], [255, 225, 25], [0, 170, 150], [255, 80, 160],
 ];
 const FILL_ALPHA = 115; // of 255: the mask tint
 const MAX_CANVAS_SIDE = 4096; // bigger images are drawn scaled down (masks too)
