@@ -3,7 +3,15 @@
 PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# MLX's backend on Linux: cpu (the default), or cuda13 / cuda12 for an NVIDIA GPU; the last one
+# installed is remembered. macOS always gets Metal.
+BACKEND ?= $(or $(shell cat $(VENV)/.backend 2>/dev/null),cpu)
+ifeq ($(shell uname -s),Linux)
+EXTRAS := dev,$(BACKEND)
+else
+EXTRAS := dev
+endif
+STAMP := $(VENV)/.installed-$(BACKEND)
 DEMO_DIR := models/paligemma2-tiny-random
 
 .PHONY: install serve test demo models lint bench clean
@@ -11,8 +19,13 @@ DEMO_DIR := models/paligemma2-tiny-random
 $(STAMP): pyproject.toml
 	@sh scripts/python_env.sh venv $(VENV) $(PYTHON)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# The backends' wheels ship the same libmlx.so: switching removes the one installed.
+	@rm -f $(VENV)/.installed-*
+	@if [ "$$(cat $(VENV)/.backend 2>/dev/null)" != "$(BACKEND)" ]; then \
+		$(PY) -m pip uninstall --quiet --yes mlx-cpu mlx-cuda-12 mlx-cuda-13 2>/dev/null || true; fi
 	@echo "Installing the dependencies into $(VENV) (the first time takes a few minutes)..."
-	$(PY) -m pip install --progress-bar on -e ".[dev]"
+	$(PY) -m pip install --progress-bar on -e ".[$(EXTRAS)]"
+	echo $(BACKEND) > $(VENV)/.backend
 	touch $(STAMP)
 
 install: $(STAMP)  ## Create or repair .venv (serve and test do this first)

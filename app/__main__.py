@@ -9,6 +9,7 @@ import sys
 from app.blas import find_openblas, preload_environment
 from app.cli import build_parser
 from app.config import get_settings
+from app.device import gpu_backend
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +19,9 @@ def main(argv: list[str] | None = None) -> None:
         from app.cli import segment_command
 
         sys.exit(segment_command(args, settings))
-    environment = preload_environment(os.environ, sys.platform, find_openblas(), settings.blas)
+    environment = preload_environment(
+        os.environ, sys.platform, find_openblas(), settings.blas, settings.device, gpu_backend()
+    )
     if environment is not None:  # Linux: restart once with OpenBLAS ahead of MLX's own BLAS
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
     if args.command == "segment":

@@ -36,10 +36,15 @@ def preload_environment(
     platform: str,
     library: Path | None,
     mode: Literal["auto", "bundled"] = "auto",
+    device: Literal["auto", "gpu", "cpu"] = "auto",
+    gpu_backend: str | None = None,
 ) -> dict[str, str] | None:
-    """The environment to re-execute with, or None to run as we are (`mode`: SEGMENT_BLAS)."""
+    """The environment to re-execute with, or None to run as we are (`mode`: SEGMENT_BLAS;
+    `device`: SEGMENT_DEVICE; `gpu_backend`: "cuda" when MLX's CUDA backend is installed)."""
     if not platform.startswith("linux") or library is None:
         return None
+    if device == "gpu" or (device == "auto" and gpu_backend is not None):
+        return None  # the model runs on the GPU: the CPU's BLAS is not on its path
     if mode == "bundled" or environ.get(MARKER):
         return None
     preload = environ.get("LD_PRELOAD", "")

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "checkpoint"] = Field(
         "auto", description="auto: float32 on the MLX CPU backend when memory allows."
     )
+    device: Literal["auto", "gpu", "cpu"] = Field(
+        "auto", description="auto: the GPU when MLX has one (Metal, CUDA), else the CPU."
+    )
     image_cache_entries: int = Field(16, ge=0, description="Images whose features are kept.")
     image_cache_mb: int = Field(512, ge=0, description="Memory budget of that cache.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,8 +20,9 @@ from PIL import Image
 
 from app.config import Settings
 from app.constrained import OutputGrammar
+from app.device import gpu_backend, use_device
 from app.feature_cache import FeatureCache
-from app.paligemma import LogitsProcessor, PaliGemma, device_name
+from app.paligemma import LogitsProcessor, PaliGemma
 from app.prompts import split_task_prompt
 from app.segmentation import DecodedObject, decode_objects
 from app.tokens import ObjectParser, ParsedObject
@@ -62,6 +64,11 @@ class SegmentationModel:
                 f"Model {self.settings.model!r} not found (looked in {model_dir}). Run "
                 "`make models` to download it, or `make demo` to try a tiny random model."
             )
+        device = use_device(self.settings.device, sys.platform)
+        backend = gpu_backend() if device == "gpu" else "cpu"
+        log.info(
+            "MLX runs on the %s (%s; SEGMENT_DEVICE=%s)", device, backend, self.settings.device
+        )
         self._random_weights = is_random_weights(model_dir)
         if self._random_weights:
             log.warning("DEMO MODEL: %s has random weights; outputs are meaningless", model_dir)
@@ -74,7 +81,7 @@ class SegmentationModel:
         if self.settings.warmup:
             self._warm_up()
         return ModelInfo(
-            device=device_name(),
+            device=device,
             input_size=self._model.input_size,
             random_weights=self._random_weights,
         )

@@ -263,5 +263,5 @@ def match_reference_image_scaling(model: Any) -> None:
 
 
 def device_name() -> str:
-    """`gpu` (Metal) or `cpu`: where MLX runs by default in this process."""
+    """`gpu` (Metal or CUDA) or `cpu`: where MLX runs by default on this thread."""
     return "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
