@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from app.blas import find_openblas, preload_environment
 from app.cli import build_parser
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "segment":
         from app.cli import segment_command
 
-        sys.exit(segment_command(args, settings))
+        leave(segment_command(args, settings))
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -35,6 +36,20 @@ def main(argv: list[str] | None = None) -> None:
     from app.server import serve
 
     serve(settings)
+    leave(0)
+
+
+def leave(status: int) -> NoReturn:
+    """Exit with `status` once everything is written, without the interpreter's teardown.
+
+    MLX ran on the worker thread, which has ended by now; MLX's C++ teardown at interpreter
+    exit can then abort ("terminate called without an active exception", SIGABRT), turning a
+    clean run into exit 134, which launchd would even take for a crash and restart.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.keep_alive import keep_alive_seconds
+
 DEFAULT_MODEL = "mlx-community/paligemma2-3b-mix-448-8bit"
 # ~22 tokens per object (4 loc + 16 seg + label + separator): room for 8 objects and long labels.
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -38,12 +40,19 @@ class Settings(BaseSettings):
     max_objects_per_class: int = Field(
         8, ge=1, description="Bounds new tokens per class (~24 tokens per object)."
     )
-    max_queue: int = Field(8, ge=1, description="Requests waiting for the model beyond this: 503.")
+    # A burst from one local app fits; each waiting request holds the model-size image (JPEGs:
+    # ~12 MB RSS per 12 MP upload while it waits, measured; PNGs more), so 32 stays < 0.5 GB.
+    max_queue: int = Field(32, ge=1, description="Requests waiting for the model beyond this: 503.")
     request_timeout_s: float = Field(300.0, gt=0, description="Queue wait + inference: 504.")
     url_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for image_url.")
     url_total_timeout_s: float = Field(30.0, gt=0, description="Whole image_url download.")
     url_max_redirects: int = Field(3, ge=0)
     warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
+    # A login agent sits idle most of the day: 15 minutes keeps a working session's requests
+    # warm (a reload costs seconds) and gives ~3 GB back to an 8-16 GB Mac soon after.
+    keep_alive: str = Field(
+        "15m", description="Idle time before the model is unloaded: 30s, 5m, 1h; 0; -1 never."
+    )
     constrained: bool = Field(
         True, description="Keep generation inside the detect/segment output grammar."
     )
@@ -56,6 +65,9 @@ class Settings(BaseSettings):
     )
     dtype: Literal["auto", "float32", "checkpoint"] = Field(
         "auto", description="auto: float32 on the MLX CPU backend when memory allows."
+    )
+    compat: Literal["none", "seed"] = Field(
+        "none", description="seed: also answer with the old service's keys (image, masks)."
     )
     device: Literal["auto", "gpu", "cpu"] = Field(
         "auto", description="auto: the GPU when MLX has one (Metal, CUDA), else the CPU."
@@ -82,6 +94,12 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _readable_duration(cls, value: str) -> str:
+        keep_alive_seconds(value)  # raises with the accepted forms
         return value
 
     @field_validator("api_token", mode="before")

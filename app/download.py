@@ -21,6 +21,8 @@ from huggingface_hub.errors import (
 VAE_REPO = "google/paligemma-hf"
 VAE_REPO_TYPE = "space"
 VAE_FILENAME = "vae-oid.npz"
+VAE_PAGE = f"https://huggingface.co/spaces/{VAE_REPO}/blob/main/{VAE_FILENAME}"
+VAE_BIG_VISION = "gs://big_vision/paligemma/vae-oid.npz"
 
 
 class DownloadError(Exception):
@@ -49,6 +51,10 @@ def download_vae(target: Path) -> Path:
         what="mask decoder",
         repo=f"{VAE_REPO} (Space)",
         page=f"https://huggingface.co/spaces/{VAE_REPO}",
+        by_hand=(
+            f"fetch {VAE_FILENAME} on a connected machine from {VAE_PAGE} (or big_vision's "
+            f"{VAE_BIG_VISION}) and copy it to {target}"
+        ),
     )
     downloaded = target.parent / VAE_FILENAME
     if downloaded != target:
@@ -67,7 +73,14 @@ def is_complete(target: Path) -> bool:
     return any(target.glob("*.safetensors"))
 
 
-def _guard(fetch: Callable[[], object], *, what: str, repo: str, page: str) -> None:
+def _guard(
+    fetch: Callable[[], object],
+    *,
+    what: str,
+    repo: str,
+    page: str,
+    by_hand: str = "copy a checkpoint directory into models/<owner>/<name> by hand",
+) -> None:
     """Run one hub call and turn its failures into a DownloadError that says what to do."""
     try:
         fetch()
@@ -89,6 +102,6 @@ def _guard(fetch: Callable[[], object], *, what: str, repo: str, page: str) -> N
         raise DownloadError(
             f"Could not download the {what} {repo}: the Hugging Face Hub is unreachable "
             f"({exc.__class__.__name__}). Check your connection or proxy (HTTPS_PROXY); "
-            "HF_HUB_OFFLINE=1 forbids downloads. Offline, copy the files into models/ by hand, "
-            "or run `make demo` to try the service with a tiny random model."
+            f"HF_HUB_OFFLINE=1 forbids downloads. Offline, {by_hand}; or run `make demo` to try "
+            "the service with a tiny random model."
         ) from exc

@@ -18,10 +18,11 @@ from app.config import Settings, get_settings
 from app.docs import install_docs
 from app.errors import BadInput, ClientGone, TooLarge
 from app.http_errors import RequestId, install_error_handlers, request_id_of
+from app.json_body import JsonBody
 from app.masks import MaskFormat
 from app.pipeline import ImageBytes, ImageSource, ImageUrl, Pipeline, SegmentOptions
 from app.playground import install_playground
-from app.schemas import ErrorResponse, HealthResponse, SegmentResponse, render
+from app.schemas import ErrorResponse, HealthResponse, SegmentJson, SegmentResponse, render
 from app.security import AccessGuard, host_name, is_loopback
 from app.streaming import MEDIA_TYPE as NDJSON
 from app.streaming import ndjson_lines
@@ -40,6 +41,10 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         '{"type": "done", ...the whole response} (or {"type": "error", "detail": ...}).',
         "content": {NDJSON: {"schema": {"type": "string"}}},
     },
+}
+# The same fields as JSON (app/json_body.py turns such a body into the form before routing).
+JSON_REQUEST_BODY = {
+    "requestBody": {"content": {"application/json": {"schema": SegmentJson.model_json_schema()}}}
 }
 # The whole body may carry one maximal image plus multipart boundaries and small text fields.
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -87,11 +92,13 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
     install_docs(app)
     install_playground(app)
     # Added last = runs first: CORS answers preflights, every request gets an id, the guard
-    # refuses strangers, then the body limit counts bytes as they stream in (before the
-    # multipart parser spools them).
+    # refuses strangers, the body limit counts bytes as they stream in (before the multipart
+    # parser spools them), then a JSON body becomes the form it describes.
+    app.add_middleware(JsonBody, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(
         BodyLimit,
-        max_body_bytes=settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        # A JSON body carries the image in base64: 4/3 of its bytes.
+        max_body_bytes=settings.max_upload_bytes * 4 // 3 + FORM_OVERHEAD_BYTES,
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(AccessGuard, settings=settings)
@@ -119,6 +126,8 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
             waiting=status.waiting,
             running=status.running,
             queued=status.waiting,
+            loaded=status.loaded,
+            expires_at=status.expires_at,
             random_weights=bool(status.info and status.info.random_weights),
             version=app.version,
         )
@@ -126,7 +135,13 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         headers = {} if code == 200 else {"Retry-After": "5"}
         return JSONResponse(body.model_dump(mode="json"), status_code=code, headers=headers)
 
-    @app.post("/segment", response_model=SegmentResponse, responses=SEGMENT_RESPONSES)
+    @app.post(
+        "/segment",
+        response_model=SegmentResponse,
+        responses=SEGMENT_RESPONSES,
+        openapi_extra=JSON_REQUEST_BODY,
+    )
+    @app.post("/segment/", response_model=SegmentResponse, include_in_schema=False)
     async def segment(
         request: Request,
         prompt: Annotated[
@@ -156,17 +171,19 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
             overlay=overlay,
             max_new_tokens=max_new_tokens,
             model_id=model_id,
+            include_image=settings.compat == "seed",
         )
-        source = await _image_source(image_file, image_url, settings)
         request_id = request_id_of(request)
+        prepared = await pipeline.prepare(
+            await _image_source(image_file, image_url, settings), options
+        )  # the upload's bytes are not kept while the request waits for the model
         if stream:
-            prepared = await pipeline.prepare(source, options)
             worker.check_admission()
             return StreamingResponse(
                 ndjson_lines(pipeline, prepared, request_id), media_type=NDJSON
             )
         result = await _unless_disconnected(
-            request, pipeline.run(source, options, request_id=request_id)
+            request, pipeline.execute(prepared, request_id=request_id)
         )
         return render(result)
 

@@ -7,6 +7,7 @@ into objects, and decode all their masks in one MLX call.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
 from PIL import Image
 
@@ -22,6 +24,7 @@ from app.config import Settings
 from app.constrained import OutputGrammar
 from app.device import gpu_backend, use_device
 from app.feature_cache import FeatureCache
+from app.keep_alive import keep_alive_seconds
 from app.paligemma import LogitsProcessor, PaliGemma
 from app.prompts import split_task_prompt
 from app.segmentation import DecodedObject, decode_objects
@@ -85,6 +88,12 @@ class SegmentationModel:
             input_size=self._model.input_size,
             random_weights=self._random_weights,
         )
+
+    def unload(self) -> None:
+        """Drop the weights and MLX's buffer cache, so the memory goes back to the system."""
+        self._model = self._decoder = None
+        gc.collect()
+        mx.clear_cache()
 
     def _warm_up(self) -> None:
         """One real generation and one mask decode, so the first request pays no compile cost."""
@@ -158,4 +167,5 @@ def create_worker(
         SegmentationModel(settings, logits_processors=logits_processors),
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,
+        keep_alive_s=keep_alive_seconds(settings.keep_alive),
     )

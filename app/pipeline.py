@@ -10,6 +10,7 @@ order of the steps and the timings live here.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from app.errors import BadInput
 from app.fetch import UrlPolicy, fetch_image_bytes
 from app.images import DecodedImage, decode_image, to_rgb
 from app.masks import MaskFormat, encode_mask
+from app.model_ids import accepted_model_ids
 from app.overlay import overlay_png
 from app.prompts import build_prompt, token_budget
 from app.segmentation import DecodedObject, SegmentedObject, place_object
@@ -39,6 +41,7 @@ class SegmentOptions:
     overlay: bool = False
     max_new_tokens: int | None = None  # capped by SEGMENT_MAX_NEW_TOKENS
     model_id: str | None = None  # must name the served model when given
+    include_image: bool = False  # add the upright image as a PNG (SEGMENT_COMPAT=seed)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class SegmentResult:
     objects: list[SegmentedObject]
     overlay_png: bytes | None
     timings_ms: dict[str, float]
+    image_png: bytes | None = None  # the image as sent, upright, when asked for
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Pipeline:
         self._check_model_id(options.model_id)
         limit = self._token_limit(options.max_new_tokens, task_prompt)
         image = await self._decode(source)
+        if not (options.overlay or options.include_image):
+            image = await asyncio.to_thread(self._model_sized, image)
         return PreparedRequest(options, task_prompt, limit, image, started, time.perf_counter())
 
     async def execute(
@@ -170,6 +176,9 @@ class Pipeline:
             drawn = time.perf_counter()
             overlay = await asyncio.to_thread(self._overlay, image, objects)
             timings["overlay"] = (time.perf_counter() - drawn) * 1000
+        image_png = None
+        if options.include_image:
+            image_png = await asyncio.to_thread(self._image_png, image)
         timings["total"] = (time.perf_counter() - prepared.started) * 1000
         log.info(
             "request %s prompt_chars=%d image=%dx%d objects=%d %s",
@@ -189,13 +198,16 @@ class Pipeline:
             objects=objects,
             overlay_png=overlay,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
+            image_png=image_png,
         )
 
     def _check_model_id(self, model_id: str | None) -> None:
-        if model_id not in (None, "", self.settings.model):
+        accepted = accepted_model_ids(self.settings.model)
+        if model_id not in (None, "", *accepted):
+            also = f", also accepted as {accepted[1]!r}" if len(accepted) > 1 else ""
             raise BadInput(
                 f"model_id {model_id!r} is not served here; this service runs "
-                f"{self.settings.model!r} (omit model_id to use it)."
+                f"{accepted[0]!r}{also} (omit model_id to use it)."
             )
 
     def _token_limit(self, requested: int | None, task_prompt: str) -> int:
@@ -230,6 +242,16 @@ class Pipeline:
             draft_to=info.input_size if info is not None and self.settings.jpeg_draft else None,
         )
 
+    def _model_sized(self, image: DecodedImage) -> DecodedImage:
+        """Only the model's input size is kept while a request waits (a 12 MP PNG is 36 MB of
+        pixels, the model needs 0.6): the same bicubic resize the model side would do, done
+        here. Placement needs only the size as sent, which stays."""
+        info = self.worker.info
+        if info is None or image.image.size == info.input_size:
+            return image
+        small = image.image.resize(info.input_size, Image.Resampling.BICUBIC)
+        return DecodedImage(small, image.width, image.height)
+
     def _finish(
         self, obj: DecodedObject, image: DecodedImage, options: SegmentOptions
     ) -> SegmentedObject:
@@ -241,8 +263,16 @@ class Pipeline:
         return replace(placed, encoded_mask=encoded)
 
     def _overlay(self, image: DecodedImage, objects: list[SegmentedObject]) -> bytes:
-        """The picture at the size of the image as sent (a drafted JPEG is scaled back up)."""
-        picture = image.image
-        if picture.size != (image.width, image.height):
-            picture = picture.resize((image.width, image.height), Image.Resampling.BILINEAR)
-        return overlay_png(picture, objects, self.settings.png_compression)
+        return overlay_png(full_size(image), objects, self.settings.png_compression)
+
+    def _image_png(self, image: DecodedImage) -> bytes:
+        buffer = io.BytesIO()
+        full_size(image).save(buffer, "PNG", compress_level=self.settings.png_compression)
+        return buffer.getvalue()
+
+
+def full_size(image: DecodedImage) -> Image.Image:
+    """The image at the size the boxes refer to (a drafted JPEG is scaled back up)."""
+    if image.image.size == (image.width, image.height):
+        return image.image
+    return image.image.resize((image.width, image.height), Image.Resampling.BILINEAR)

@@ -50,7 +50,7 @@ def install_playground(app: FastAPI) -> None:
 
 def welcome(app: FastAPI) -> dict[str, Any]:
     return {
-        "message": f"{app.title}: POST an image and a prompt to /segment.",
+        "message": f"Welcome to the {app.title} service: POST an image and a prompt to /segment.",
         "version": app.version,
         "segment": "/segment",
         "health": "/health",

@@ -10,7 +10,10 @@ import base64
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
+
+from app.masks import encode_png
 
 if TYPE_CHECKING:
     from app.pipeline import SegmentResult
@@ -49,6 +52,13 @@ class ResponseObject(BaseModel):
     )
 
 
+class SeedMask(BaseModel):
+    """One object as the service this one replaces answered it (SEGMENT_COMPAT=seed)."""
+
+    mask: str = Field(description="base64 PNG the size of `image`, 0/255 (empty if no mask).")
+    coordinates: tuple[int, int, int, int] = Field(description="[x_min, y_min, x_max, y_max]")
+
+
 class SegmentResponse(BaseModel):
     model: str
     prompt: str = Field(description="The task prompt the model saw, e.g. 'segment cat ; dog'.")
@@ -63,6 +73,16 @@ class SegmentResponse(BaseModel):
         exclude_if=lambda value: value is None,
     )
     timings_ms: dict[str, float]
+    image: str | None = Field(
+        None,
+        description="SEGMENT_COMPAT=seed only: base64 PNG of the upright image the boxes refer to.",
+        exclude_if=lambda value: value is None,
+    )
+    masks: list[SeedMask] | None = Field(
+        None,
+        description="SEGMENT_COMPAT=seed only: the objects in the old service's shape.",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class HealthResponse(BaseModel):
@@ -75,10 +95,32 @@ class HealthResponse(BaseModel):
     waiting: int = Field(description="Requests admitted and waiting for the model.")
     running: int = Field(description="Requests the model is working on now (0 or 1).")
     queued: int = Field(description="Same as waiting (kept for older clients).")
+    loaded: bool = Field(
+        description="The model is in memory; false after an idle unload (SEGMENT_KEEP_ALIVE): "
+        "the next request loads it again, and its timings_ms show `load`."
+    )
+    expires_at: datetime | None = Field(
+        description="When the idle model will be unloaded; null while busy or kept for good."
+    )
     random_weights: bool = Field(
         description="True for the `make demo` tiny random model: its outputs are meaningless."
     )
     version: str
+
+
+class SegmentJson(BaseModel):
+    """POST /segment as application/json: the form's fields, the image as base64."""
+
+    prompt: str = Field(description="What to find: 'cat', 'cat ; dog', 'detect car'.")
+    image: str | None = Field(
+        None, description="The image file's bytes, base64, or a data:image/...;base64, URL."
+    )
+    image_url: str | None = Field(None, description="Or an http(s) URL of the image.")
+    model_id: str | None = None
+    mask_format: Literal["png", "rle", "coco_rle", "polygon", "none"] = "png"
+    overlay: bool = False
+    max_new_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
 
 
 class ErrorResponse(BaseModel):
@@ -97,7 +139,11 @@ def render_object(obj: SegmentedObject) -> ResponseObject:
 
 
 def render(result: SegmentResult) -> SegmentResponse:
-    """The wire form of a pipeline result."""
+    """The wire form of a pipeline result (with the old service's keys when it has the image)."""
+    image = masks = None
+    if result.image_png is not None:
+        image = base64.b64encode(result.image_png).decode()
+        masks = [seed_mask(o, result.width, result.height) for o in result.objects]
     return SegmentResponse(
         model=result.model,
         prompt=result.prompt,
@@ -107,4 +153,11 @@ def render(result: SegmentResult) -> SegmentResponse:
         objects=[render_object(o) for o in result.objects],
         overlay=base64.b64encode(result.overlay_png).decode() if result.overlay_png else None,
         timings_ms=result.timings_ms,
+        image=image,
+        masks=masks,
     )
+
+
+def seed_mask(obj: SegmentedObject, width: int, height: int) -> SeedMask:
+    mask = obj.mask if obj.mask is not None else np.zeros((height, width), dtype=bool)
+    return SeedMask(mask=encode_png(mask), coordinates=obj.box)

@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from PIL import Image
@@ -52,11 +52,15 @@ class ModelOutput:
 
 
 class ModelSide(Protocol):
-    """Loads once, then runs one request at a time; only ever called on the worker thread."""
+    """Loads, runs one request at a time, unloads; only ever called on the worker thread."""
 
     name: str
 
     def load(self) -> ModelInfo: ...
+
+    def unload(self) -> None:
+        """Free the model's memory; `load` may be called again later."""
+        ...
 
     def run(
         self,
@@ -78,15 +82,25 @@ class WorkerStatus:
     requests_served: int
     waiting: int  # admitted, not started yet
     running: int  # on the MLX thread now (0 or 1)
+    loaded: bool  # in memory now; False after an idle unload (the next request loads it)
+    expires_at: datetime | None  # when an idle model will be unloaded, if it will
 
 
 class Worker:
     """`submit` is the only way to the model; everything else is lifecycle and counts."""
 
-    def __init__(self, model: ModelSide, *, max_queue: int, request_timeout_s: float) -> None:
+    def __init__(
+        self,
+        model: ModelSide,
+        *,
+        max_queue: int,
+        request_timeout_s: float,
+        keep_alive_s: float | None = None,
+    ) -> None:
         self.model = model
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
+        self.keep_alive_s = keep_alive_s  # None: never unload
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-worker")
         self._state: State = "loading"
         self._reason: str | None = "loading the model"
@@ -98,12 +112,22 @@ class Worker:
         self._counts = threading.Lock()  # the loop and the worker thread both move the counts
         self._jobs: set[_Job] = set()
         self._loading: Future[None] | None = None
+        self._loaded = False
+        self._expires_at: datetime | None = None
+        self._unload_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Future[None]:
         """Begin loading on the worker; returns at once so /health can answer 503 meanwhile."""
         if self._loading is None:
             self._loading = self._thread.submit(self._load)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop: nobody to time the idle unload
+                return self._loading
+            self._loading.add_done_callback(
+                lambda _: loop.call_soon_threadsafe(self._schedule_unload)
+            )
         return self._loading
 
     async def wait_ready(self) -> WorkerStatus:
@@ -118,6 +142,8 @@ class Worker:
         be answered, and again by `close`.
         """
         self._state, self._reason = "error", "shutting down"
+        if self._unload_timer is not None:
+            self._unload_timer.cancel()
         for job in list(self._jobs):
             job.cancel.set()
 
@@ -140,13 +166,15 @@ class Worker:
             requests_served=self._served,
             waiting=self._waiting,
             running=self._running,
+            loaded=self._loaded,
+            expires_at=self._expires_at,
         )
 
     def _load(self) -> None:
         try:
             started = time.perf_counter()
             self._info = self.model.load()
-            self._loaded_at = datetime.now(UTC)
+            self._loaded, self._loaded_at = True, datetime.now(UTC)
             self._state, self._reason = "ok", None
             log.info(
                 "model %s ready on %s in %.1f s",
@@ -211,6 +239,7 @@ class Worker:
                     self._waiting -= 1
                     job.withdrawn = True
             self._jobs.discard(job)
+            self._schedule_unload()
         self._served += 1
         return result
 
@@ -229,10 +258,55 @@ class Worker:
             self._waiting -= 1
             self._running += 1
         try:
-            return self.model.run(request, job.cancel.is_set, on_object)
+            loading_ms = self._load_again() if not self._loaded else None
+            output = self.model.run(request, job.cancel.is_set, on_object)
+            if loading_ms is None:
+                return output
+            return replace(output, timings_ms={"load": loading_ms, **output.timings_ms})
         finally:
             with self._counts:
                 self._running -= 1
+
+    # -- keep-alive --------------------------------------------------------------------------
+    def _load_again(self) -> float:
+        """After an idle unload: load for this request (worker thread); ms it took."""
+        started = time.perf_counter()
+        try:
+            self._info = self.model.load()
+        except FileNotFoundError as exc:  # the files went away while it was unloaded
+            raise NotReady(f"The model could not be loaded again: {exc}") from exc
+        self._loaded, self._loaded_at = True, datetime.now(UTC)
+        log.info("model %s loaded again (it had been idle)", self.model.name)
+        return (time.perf_counter() - started) * 1000
+
+    def _schedule_unload(self) -> None:
+        """On the event loop: once nothing waits or runs, unload after SEGMENT_KEEP_ALIVE."""
+        if self._unload_timer is not None:
+            self._unload_timer.cancel()
+            self._unload_timer = None
+        self._expires_at = None
+        if self.keep_alive_s is None or self._state != "ok" or self._waiting or self._running:
+            return
+        loop = asyncio.get_running_loop()
+        self._expires_at = datetime.now(UTC) + timedelta(seconds=self.keep_alive_s)
+        self._unload_timer = loop.call_later(self.keep_alive_s, self._unload_when_idle)
+
+    def _unload_when_idle(self) -> None:
+        self._unload_timer = None
+        if self._loaded and not (self._waiting or self._running) and self._state == "ok":
+            self._thread.submit(self._unload)
+
+    def _unload(self) -> None:
+        """Worker thread: a request that came in meanwhile keeps the model."""
+        if not self._loaded or self._waiting or self._running:
+            return
+        self.model.unload()
+        self._loaded, self._expires_at = False, None
+        log.info(
+            "model %s unloaded after %g s idle (SEGMENT_KEEP_ALIVE); the next request loads it",
+            self.model.name,
+            self.keep_alive_s,
+        )
 
 
 @dataclass(eq=False)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.errors import Cancelled
+from app.keep_alive import keep_alive_seconds
 from app.main import create_app
 from app.segmentation import DecodedObject
 from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
@@ -44,12 +45,17 @@ class FakeModel:
         self.name = name
         self.replies: deque[Reply] = deque()
         self.images: list[Image.Image] = []
+        self.loads = self.unloads = 0
 
     def enqueue(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
     def load(self) -> ModelInfo:
+        self.loads += 1
         return ModelInfo(device="cpu", input_size=(224, 224), random_weights=False)
+
+    def unload(self) -> None:
+        self.unloads += 1
 
     def run(
         self,
@@ -90,6 +96,9 @@ class FakeService:
 def fake_service(settings: Settings) -> FakeService:
     model = FakeModel(settings.model)
     worker = Worker(
-        model, max_queue=settings.max_queue, request_timeout_s=settings.request_timeout_s
+        model,
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+        keep_alive_s=keep_alive_seconds(settings.keep_alive),
     )
     return FakeService(settings, model, worker)

@@ -347,6 +347,9 @@ class _Gated:
     ) -> ModelOutput:
         return self.inner.run(request, cancelled, on_object)
 
+    def unload(self) -> None:
+        self.inner.unload()
+
 
 def test_health_is_503_while_loading_then_200(tiny_model_dir: Path) -> None:
     settings = tiny_settings(tiny_model_dir, warmup=False)

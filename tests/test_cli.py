@@ -189,3 +189,26 @@ def test_server_mode_passes_the_token_and_reports_a_refusal(
         assert run_cli([*argv, "--token", "wrong"], settings) == 1
         assert "the service answered 401: Missing or wrong API token" in capsys.readouterr().err
         assert run_cli(argv, settings) == 0  # SEGMENT_API_TOKEN from the settings
+
+
+@pytest.mark.slow
+def test_the_exit_status_survives_mlx_teardown(tmp_path: Path) -> None:
+    """MLX used on a worker thread that has ended makes the interpreter's teardown abort
+    (exit 134, measured here every time); `leave`, which `python -m app` exits through, does
+    not run that teardown."""
+    code = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from app.vae import MaskDecoder\n"
+        "from app.__main__ import leave\n"
+        "from scripts.random_vae import write_random_vae\n"
+        f"path = write_random_vae({str(tmp_path / 'vae.npz')!r})\n"
+        "pool = ThreadPoolExecutor(1)\n"
+        "pool.submit(MaskDecoder.load, path).result()\n"
+        "pool.shutdown()\n"
+        "print('done', flush=True)\n"
+        "leave(0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout == "done\n", done.stderr

@@ -92,8 +92,12 @@ def test_offline_the_real_hub_client_fails_with_a_clear_message(tmp_path: Path) 
     """No mock at all: HF_HUB_OFFLINE=1 (set for every test) makes the real client refuse."""
     with pytest.raises(DownloadError, match="unreachable"):
         download_model(REPO, tmp_path / REPO)
-    with pytest.raises(DownloadError, match="make demo"):
+    with pytest.raises(DownloadError, match="make demo") as failed:
         download_vae(tmp_path / "vae-oid.npz")
+    # Offline, the message says where the file comes from and where to put it.
+    assert "spaces/google/paligemma-hf/blob/main/vae-oid.npz" in str(failed.value)
+    assert "gs://big_vision/paligemma/vae-oid.npz" in str(failed.value)
+    assert str(tmp_path / "vae-oid.npz") in str(failed.value)
 
 
 def test_an_interrupted_sharded_download_is_not_complete(tmp_path: Path) -> None:

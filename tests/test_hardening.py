@@ -225,7 +225,7 @@ def test_awkward_but_valid_images_are_converted(
     assert response.status_code == 200, response.text
     assert (response.json()["width"], response.json()["height"]) == size
     image = fake.model.images[-1]
-    assert image.mode == "RGB" and image.size == size
+    assert image.mode == "RGB" and image.size == (224, 224)  # the model's input, while it waits
 
 
 def test_first_frame_is_the_one_segmented(client: TestClient, fake: FakeService) -> None:
@@ -459,3 +459,19 @@ def test_service_survives_concurrent_mixed_requests(client: TestClient) -> None:
         codes = list(pool.map(one, range(40)))
     assert sorted(set(codes)) == [200, 415]
     assert threading.active_count() < 50
+
+
+def test_a_burst_of_twenty_from_one_app_queues_instead_of_failing() -> None:
+    fake = fake_service(make_settings())  # the default queue
+    hold = Hold()
+    fake.model.enqueue(hold)
+    with serve(fake) as client, ThreadPoolExecutor(21) as pool:
+        wait_healthy(client)
+        first = pool.submit(post, client, files=upload(PNG))
+        assert hold.started.wait(10)
+        burst = [pool.submit(post, client, files=upload(PNG)) for _ in range(20)]
+        while client.get("/health").json()["waiting"] < 20:
+            pass
+        hold.release.set()
+        codes = [f.result().status_code for f in [first, *burst]]
+    assert codes == [200] * 21
