@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     # A burst from one local app fits; each waiting request holds the model-size image (JPEGs:
     # ~12 MB RSS per 12 MP upload while it waits, measured; PNGs more), so 32 stays < 0.5 GB.
+    max_loaded_models: int = Field(
+        1, ge=1, description="Checkpoints kept in memory at once; raise it if memory allows."
+    )
     max_queue: int = Field(32, ge=1, description="Requests waiting for the model beyond this: 503.")
     request_timeout_s: float = Field(300.0, gt=0, description="Queue wait + inference: 504.")
     url_timeout_s: float = Field(10.0, gt=0, description="Connect/read timeout for image_url.")

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.body_limit import BodyLimit
+from app.catalog import installed_models
 from app.config import Settings, get_settings
 from app.docs import install_docs
 from app.errors import BadInput, ClientGone, TooLarge
@@ -22,7 +23,15 @@ from app.json_body import JsonBody
 from app.masks import MaskFormat
 from app.pipeline import ImageBytes, ImageSource, ImageUrl, Pipeline, SegmentOptions
 from app.playground import install_playground
-from app.schemas import ErrorResponse, HealthResponse, SegmentJson, SegmentResponse, render
+from app.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    InstalledModelInfo,
+    ModelsResponse,
+    SegmentJson,
+    SegmentResponse,
+    render,
+)
 from app.security import AccessGuard, host_name, is_loopback
 from app.streaming import MEDIA_TYPE as NDJSON
 from app.streaming import ndjson_lines
@@ -134,6 +143,27 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         code = 200 if status.state == "ok" else 503
         headers = {} if code == 200 else {"Retry-After": "5"}
         return JSONResponse(body.model_dump(mode="json"), status_code=code, headers=headers)
+
+    @app.get("/models", response_model=ModelsResponse)
+    async def models() -> ModelsResponse:
+        """Every installed checkpoint (SEGMENT_MODEL and those under SEGMENT_MODELS_DIR); a
+        request's model_id picks one, loaded on demand."""
+        loaded = set(worker.model.loaded_models())
+        return ModelsResponse(
+            models=[
+                InstalledModelInfo(
+                    id=m.id,
+                    also_known_as=m.names()[1:],
+                    default=m.id == settings.model,
+                    loaded=m.id in loaded,
+                    input_size=m.input_size,
+                    quantization=m.quantization,
+                    bytes=m.bytes,
+                    random_weights=m.random_weights,
+                )
+                for m in await asyncio.to_thread(installed_models, settings)
+            ]
+        )
 
     @app.post(
         "/segment",

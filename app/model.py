@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from app.catalog import find_model
 from app.config import Settings
 from app.constrained import OutputGrammar
 from app.device import gpu_backend, use_device
+from app.download import is_complete
+from app.errors import NotReady
 from app.feature_cache import FeatureCache
 from app.keep_alive import keep_alive_seconds
 from app.paligemma import LogitsProcessor, PaliGemma
@@ -51,20 +55,26 @@ class SegmentationModel:
     """
 
     def __init__(
-        self, settings: Settings, *, logits_processors: ProcessorsFactory | None = None
+        self,
+        settings: Settings,
+        *,
+        logits_processors: ProcessorsFactory | None = None,
+        name: str | None = None,
+        model_dir: Path | None = None,
     ) -> None:
         self.settings = settings
-        self.name = settings.model
+        self.name = name or settings.model
+        self.model_dir = model_dir or settings.model_path()
         self._logits_processors = logits_processors
         self._model: PaliGemma | None = None
         self._decoder: MaskDecoder | None = None
         self._random_weights = False
 
     def load(self) -> ModelInfo:
-        model_dir, vae_path = self.settings.model_path(), self.settings.vae_path
+        model_dir, vae_path = self.model_dir, self.settings.vae_path
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(
-                f"Model {self.settings.model!r} not found (looked in {model_dir}). Run "
+                f"Model {self.name!r} not found (looked in {model_dir}). Run "
                 "`make models` to download it, or `make demo` to try a tiny random model."
             )
         device = use_device(self.settings.device, sys.platform)
@@ -88,6 +98,9 @@ class SegmentationModel:
             input_size=self._model.input_size,
             random_weights=self._random_weights,
         )
+
+    def loaded_models(self) -> list[str]:
+        return [self.name] if self._model is not None else []
 
     def unload(self) -> None:
         """Drop the weights and MLX's buffer cache, so the memory goes back to the system."""
@@ -124,7 +137,9 @@ class SegmentationModel:
     ) -> ModelOutput:
         """Generate; each object is parsed, its mask decoded and handed to `on_object` the
         moment the output completes it, so objects can be streamed while generation goes on.
-        Streamed or not, every request takes this one path, so the answers are identical."""
+        Streamed or not, every request takes this one path, so the answers are identical.
+        An unloaded model (idle, or never used) is loaded first; `load` in the timings."""
+        loading_ms = self._load_for(request) if self._model is None else None
         assert self._model is not None and self._decoder is not None
         decoder = self._decoder
         parser = ObjectParser()
@@ -152,11 +167,97 @@ class SegmentationModel:
         completed(parser.finish())
         timings = dict(generation.timings_ms)
         timings["generate"] -= decoding_s * 1000  # masks decoded between tokens count apart
+        if loading_ms is not None:
+            timings = {"load": loading_ms, **timings}
         return ModelOutput(
             text=generation.text,
             objects=objects,
             timings_ms={**timings, "decode_masks": decoding_s * 1000},
+            model=self.name,
         )
+
+    def _load_for(self, request: ModelRequest) -> float:
+        started = time.perf_counter()
+        try:
+            self.load()
+        except Exception as exc:
+            raise NotReady(f"The model {self.name!r} could not be loaded: {exc}") from exc
+        log.info(
+            "model %s loaded for a request in %.1f s", self.name, time.perf_counter() - started
+        )
+        return (time.perf_counter() - started) * 1000
+
+
+class ModelPool:
+    """Every installed checkpoint behind one worker: a request's model_id picks one, loaded on
+    demand; at most SEGMENT_MAX_LOADED_MODELS stay in memory, the least recently used leaving
+    first. Requests run in arrival order (one MLX thread), so a swap starves nobody."""
+
+    def __init__(
+        self, settings: Settings, *, logits_processors: ProcessorsFactory | None = None
+    ) -> None:
+        self.settings = settings
+        self.name = settings.model
+        self._logits_processors = logits_processors
+        self._sides: OrderedDict[str, SegmentationModel] = OrderedDict()  # loaded, LRU first
+        self._loaded_names: tuple[str, ...] = ()
+
+    def load(self) -> ModelInfo:
+        """The default model (SEGMENT_MODEL), at start-up."""
+        side = SegmentationModel(self.settings, logits_processors=self._logits_processors)
+        info = side.load()
+        self._sides[self.name] = side
+        self._note_loaded()
+        return info
+
+    def run(
+        self,
+        request: ModelRequest,
+        cancelled: Callable[[], bool],
+        on_object: Callable[[DecodedObject], None] = lambda obj: None,
+    ) -> ModelOutput:
+        side = self._side(request.model_id or self.name)
+        try:
+            return side.run(request, cancelled, on_object)
+        finally:
+            self._note_loaded()
+
+    def unload(self) -> None:
+        for side in self._sides.values():
+            side.unload()
+        self._sides.clear()
+        self._note_loaded()
+
+    def loaded_models(self) -> list[str]:
+        """Safe from any thread: a tuple the worker thread replaces whole after each change."""
+        return list(self._loaded_names)
+
+    def _note_loaded(self) -> None:
+        self._loaded_names = tuple(n for n, side in self._sides.items() if side.loaded_models())
+
+    def _side(self, model_id: str) -> SegmentationModel:
+        if model_id in self._sides:
+            self._sides.move_to_end(model_id)
+            return self._sides[model_id]
+        installed = find_model(self.settings, model_id)
+        if installed is None or not is_complete(installed.path):
+            # Checked before anything is evicted: a broken request costs the others nothing.
+            raise NotReady(
+                f"The model {model_id!r} is not (completely) installed; "
+                f"`make models SEGMENT_MODEL={model_id}` installs it."
+            )
+        while len(self._sides) >= self.settings.max_loaded_models:
+            evicted, side = self._sides.popitem(last=False)
+            side.unload()
+            log.info("model %s unloaded to make room for %s", evicted, model_id)
+        side = SegmentationModel(
+            self.settings,
+            logits_processors=self._logits_processors,
+            name=installed.id,
+            model_dir=installed.path,
+        )
+        self._sides[installed.id] = side  # loaded by its first run, which times it
+        return side
 
 
 def create_worker(
@@ -164,7 +265,7 @@ def create_worker(
 ) -> Worker:
     """The worker with the real model side, as the service, the CLI and `Segmenter` use it."""
     return Worker(
-        SegmentationModel(settings, logits_processors=logits_processors),
+        ModelPool(settings, logits_processors=logits_processors),
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,
         keep_alive_s=keep_alive_seconds(settings.keep_alive),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from app.catalog import find_model, installed_models
 from app.config import Settings
 from app.errors import BadInput
 from app.fetch import UrlPolicy, fetch_image_bytes
@@ -80,6 +81,7 @@ class PreparedRequest:
     image: DecodedImage
     started: float  # perf_counter() when the request began
     decoded: float  # ... and when its image was decoded
+    model_id: str | None = None  # None: SEGMENT_MODEL
 
 
 ObjectCallback = Callable[[SegmentedObject], Awaitable[None]]
@@ -108,12 +110,14 @@ class Pipeline:
         answer runs this before its first line, so these errors keep their status codes."""
         started = time.perf_counter()
         task_prompt = build_prompt(options.prompt, max_chars=self.settings.max_prompt_chars)
-        self._check_model_id(options.model_id)
+        model_id = self._model_for(options.model_id)
         limit = self._token_limit(options.max_new_tokens, task_prompt)
         image = await self._decode(source)
         if not (options.overlay or options.include_image):
             image = await asyncio.to_thread(self._model_sized, image)
-        return PreparedRequest(options, task_prompt, limit, image, started, time.perf_counter())
+        return PreparedRequest(
+            options, task_prompt, limit, image, started, time.perf_counter(), model_id
+        )
 
     async def execute(
         self,
@@ -139,7 +143,9 @@ class Pipeline:
         def arrived(obj: DecodedObject) -> None:  # on the worker thread
             loop.call_soon_threadsafe(arrivals.put_nowait, obj)
 
-        request = ModelRequest(image.image, prepared.task_prompt, prepared.max_new_tokens)
+        request = ModelRequest(
+            image.image, prepared.task_prompt, prepared.max_new_tokens, prepared.model_id
+        )
         model = asyncio.ensure_future(self.worker.submit(request, on_object=arrived))
         try:
             # Streaming: place each object while generation goes on and send it at once. Else
@@ -190,7 +196,7 @@ class Pipeline:
             " ".join(f"{k}={v:.1f}ms" for k, v in timings.items()),
         )
         return SegmentResult(
-            model=self.settings.model,
+            model=output.model or self.settings.model,
             prompt=prepared.task_prompt,
             width=image.width,
             height=image.height,
@@ -201,14 +207,19 @@ class Pipeline:
             image_png=image_png,
         )
 
-    def _check_model_id(self, model_id: str | None) -> None:
-        accepted = accepted_model_ids(self.settings.model)
-        if model_id not in (None, "", *accepted):
-            also = f", also accepted as {accepted[1]!r}" if len(accepted) > 1 else ""
-            raise BadInput(
-                f"model_id {model_id!r} is not served here; this service runs "
-                f"{accepted[0]!r}{also} (omit model_id to use it)."
-            )
+    def _model_for(self, model_id: str | None) -> str | None:
+        """The installed model a request's model_id names (None: SEGMENT_MODEL), else 400."""
+        if not model_id or model_id in accepted_model_ids(self.settings.model):
+            return None
+        installed = find_model(self.settings, model_id)
+        if installed is not None:
+            return None if installed.id == self.settings.model else installed.id
+        names = [m.id for m in installed_models(self.settings)] or [self.settings.model]
+        raise BadInput(
+            f"model_id {model_id!r} is not installed here; installed: {', '.join(names)} (see "
+            f"GET /models). `make models SEGMENT_MODEL={model_id}` installs it; omit model_id "
+            f"for {self.settings.model!r}."
+        )
 
     def _token_limit(self, requested: int | None, task_prompt: str) -> int:
         """The request's own cap if it set one, else a budget from the classes asked for."""

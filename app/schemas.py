@@ -123,6 +123,21 @@ class SegmentJson(BaseModel):
     stream: bool = False
 
 
+class InstalledModelInfo(BaseModel):
+    id: str = Field(description="What model_id names it by.")
+    also_known_as: list[str] = Field(description="Other names model_id accepts for it.")
+    default: bool = Field(description="SEGMENT_MODEL: used when a request names none.")
+    loaded: bool = Field(description="In memory now (a request for another loads it).")
+    input_size: int | None = Field(description="Pixels per side the model sees.")
+    quantization: str | None = Field(description="e.g. '8-bit'; null for float weights.")
+    bytes: int = Field(description="Size of its weight files.")
+    random_weights: bool
+
+
+class ModelsResponse(BaseModel):
+    models: list[InstalledModelInfo]
+
+
 class ErrorResponse(BaseModel):
     detail: str
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
@@ -42,13 +42,15 @@ class ModelRequest:
     image: Image.Image  # upright RGB
     task_prompt: str  # "segment cat ; dog"
     max_new_tokens: int
+    model_id: str | None = None  # an installed model; None: SEGMENT_MODEL
 
 
 @dataclass(frozen=True)
 class ModelOutput:
     text: str
     objects: list[DecodedObject]
-    timings_ms: dict[str, float]  # preprocess, vision, generate, decode_masks
+    timings_ms: dict[str, float]  # (load,) preprocess, vision, generate, decode_masks
+    model: str = ""  # the model that answered
 
 
 class ModelSide(Protocol):
@@ -59,7 +61,11 @@ class ModelSide(Protocol):
     def load(self) -> ModelInfo: ...
 
     def unload(self) -> None:
-        """Free the model's memory; `load` may be called again later."""
+        """Free the model's memory; `run` loads it again when needed."""
+        ...
+
+    def loaded_models(self) -> list[str]:
+        """The models in memory now."""
         ...
 
     def run(
@@ -184,7 +190,7 @@ class Worker:
             )
         except FileNotFoundError as exc:  # expected before `make models`: no traceback
             self._state, self._reason = "error", str(exc)
-            log.error("model not available: %s", exc)
+            log.warning("model not available yet (expected until it is installed): %s", exc)
         except Exception as exc:
             self._state, self._reason = "error", str(exc) or exc.__class__.__name__
             log.exception("model failed to load: %s", self._reason)
@@ -258,27 +264,15 @@ class Worker:
             self._waiting -= 1
             self._running += 1
         try:
-            loading_ms = self._load_again() if not self._loaded else None
             output = self.model.run(request, job.cancel.is_set, on_object)
-            if loading_ms is None:
-                return output
-            return replace(output, timings_ms={"load": loading_ms, **output.timings_ms})
+            if not self._loaded:  # it was loaded again for this request
+                self._loaded, self._loaded_at = True, datetime.now(UTC)
+            return output
         finally:
             with self._counts:
                 self._running -= 1
 
     # -- keep-alive --------------------------------------------------------------------------
-    def _load_again(self) -> float:
-        """After an idle unload: load for this request (worker thread); ms it took."""
-        started = time.perf_counter()
-        try:
-            self._info = self.model.load()
-        except FileNotFoundError as exc:  # the files went away while it was unloaded
-            raise NotReady(f"The model could not be loaded again: {exc}") from exc
-        self._loaded, self._loaded_at = True, datetime.now(UTC)
-        log.info("model %s loaded again (it had been idle)", self.model.name)
-        return (time.perf_counter() - started) * 1000
-
     def _schedule_unload(self) -> None:
         """On the event loop: once nothing waits or runs, unload after SEGMENT_KEEP_ALIVE."""
         if self._unload_timer is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI
 from PIL import Image
@@ -57,7 +57,25 @@ class FakeModel:
     def unload(self) -> None:
         self.unloads += 1
 
+    def loaded_models(self) -> list[str]:
+        return [self.name] if self.loads > self.unloads else []
+
     def run(
+        self,
+        request: ModelRequest,
+        cancelled: Callable[[], bool],
+        on_object: Callable[[DecodedObject], None],
+    ) -> ModelOutput:
+        """Like the real model side: loads first when unloaded, with `load` in the timings."""
+        reloaded = not self.loaded_models()
+        if reloaded:
+            self.load()
+        output = self._reply(request, cancelled, on_object)
+        if reloaded:
+            return replace(output, timings_ms={"load": 0.1, **output.timings_ms})
+        return output
+
+    def _reply(
         self,
         request: ModelRequest,
         cancelled: Callable[[], bool],

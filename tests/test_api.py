@@ -350,6 +350,9 @@ class _Gated:
     def unload(self) -> None:
         self.inner.unload()
 
+    def loaded_models(self) -> list[str]:
+        return self.inner.loaded_models()
+
 
 def test_health_is_503_while_loading_then_200(tiny_model_dir: Path) -> None:
     settings = tiny_settings(tiny_model_dir, warmup=False)

@@ -1,0 +1,97 @@
+"""Several installed checkpoints: GET /models, model_id picks one, loaded on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from scripts.make_tiny_model import build_tiny_model
+from tests.images import gradient, image_bytes
+from tests.service import local_client, wait_healthy
+
+PNG = image_bytes(gradient(64, 48))
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_model(root / "local" / "tiny-a", seed=0)
+    build_tiny_model(root / "local" / "tiny-b", seed=1)
+    broken = root / "local" / "broken"  # a download cut short: config, no weights
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")
+    return root
+
+
+def serve(models_dir: Path, **overrides: Any) -> TestClient:
+    settings = Settings(  # type: ignore[call-arg]
+        model="local/tiny-a",
+        models_dir=models_dir,
+        vae_path=models_dir / "local" / "tiny-a" / "vae-oid.npz",
+        **overrides,
+    )
+    return local_client(create_app(settings))
+
+
+@pytest.fixture(scope="module")
+def client(models_dir: Path) -> Iterator[TestClient]:
+    with serve(models_dir) as c:
+        wait_healthy(c)
+        yield c
+
+
+def segment(client: TestClient, **form: str) -> Any:
+    return client.post(
+        "/segment", data={"prompt": "cat", **form}, files={"image_file": ("a.png", PNG)}
+    )
+
+
+def listed(client: TestClient) -> dict[str, dict[str, Any]]:
+    return {m["id"]: m for m in client.get("/models").json()["models"]}
+
+
+def test_models_lists_what_is_installed(client: TestClient) -> None:
+    models = listed(client)
+    assert list(models) == ["local/tiny-a", "local/broken", "local/tiny-b"]
+    a = models["local/tiny-a"]
+    assert a["default"] and a["loaded"] and a["input_size"] == 224 and a["bytes"] > 100_000
+    assert a["random_weights"] and a["quantization"] is None
+    assert not models["local/tiny-b"]["loaded"]
+
+
+def test_model_id_swaps_models_in_on_demand(client: TestClient) -> None:
+    b = segment(client, model_id="local/tiny-b")
+    assert b.status_code == 200, b.text
+    assert b.json()["model"] == "local/tiny-b" and b.json()["timings_ms"]["load"] > 0
+    models = listed(client)
+    assert models["local/tiny-b"]["loaded"] and not models["local/tiny-a"]["loaded"]  # 1 at once
+    assert "load" not in segment(client, model_id="local/tiny-b").json()["timings_ms"]
+    back = segment(client)  # no model_id: the default, loaded again
+    assert back.json()["model"] == "local/tiny-a" and "load" in back.json()["timings_ms"]
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_an_unknown_or_broken_model_is_an_error_for_that_request_only(client: TestClient) -> None:
+    unknown = segment(client, model_id="someone/else")
+    assert unknown.status_code == 400
+    assert "installed: local/tiny-a, local/broken, local/tiny-b" in unknown.json()["detail"]
+    segment(client)  # the default is resident
+    broken = segment(client, model_id="local/broken")
+    assert broken.status_code == 503 and "not (completely) installed" in broken.json()["detail"]
+    after = segment(client)
+    assert after.status_code == 200 and "load" not in after.json()["timings_ms"]  # kept
+
+
+def test_more_than_one_may_stay_loaded(models_dir: Path) -> None:
+    with serve(models_dir, max_loaded_models=2) as client:
+        wait_healthy(client)
+        assert segment(client, model_id="local/tiny-b").status_code == 200
+        models = listed(client)
+        assert models["local/tiny-a"]["loaded"] and models["local/tiny-b"]["loaded"]
+        assert "load" not in segment(client).json()["timings_ms"]
