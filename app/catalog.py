@@ -60,8 +60,13 @@ def describe(model_id: str, path: Path) -> InstalledModel:
         input_size=size.get("height") if isinstance(size, dict) else None,
         quantization=f"{bits}-bit" if bits else None,
         bytes=sum(f.stat().st_size for f in path.glob("*.safetensors")),
-        random_weights=bool(config.get("random_weights", False)),
+        random_weights=is_random_weights(path),
     )
+
+
+def is_random_weights(model_dir: Path) -> bool:
+    """The tiny demo model (scripts/make_tiny_model.py) marks its config.json as random."""
+    return bool(_json(model_dir / "config.json").get("random_weights", False))
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ into objects, and decode all their masks in one MLX call.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import sys
 import time
@@ -21,7 +20,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from app.catalog import find_model
+from app.catalog import find_model, is_random_weights
 from app.config import Settings
 from app.constrained import OutputGrammar
 from app.device import gpu_backend, use_device
@@ -39,12 +38,6 @@ from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
 log = logging.getLogger(__name__)
 
 ProcessorsFactory = Callable[[], Sequence[LogitsProcessor]]
-
-
-def is_random_weights(model_dir: Path) -> bool:
-    """The tiny demo model (scripts/make_tiny_model.py) marks its config.json as random."""
-    config = json.loads((model_dir / "config.json").read_text())
-    return bool(config.get("random_weights", False))
 
 
 class SegmentationModel:
@@ -139,7 +132,7 @@ class SegmentationModel:
         moment the output completes it, so objects can be streamed while generation goes on.
         Streamed or not, every request takes this one path, so the answers are identical.
         An unloaded model (idle, or never used) is loaded first; `load` in the timings."""
-        loading_ms = self._load_for(request) if self._model is None else None
+        loading_ms = self._load_now() if self._model is None else None
         assert self._model is not None and self._decoder is not None
         decoder = self._decoder
         parser = ObjectParser()
@@ -176,16 +169,16 @@ class SegmentationModel:
             model=self.name,
         )
 
-    def _load_for(self, request: ModelRequest) -> float:
+    def _load_now(self) -> float:
+        """Load for the request at hand (after an idle unload or a swap); ms it took."""
         started = time.perf_counter()
         try:
             self.load()
         except Exception as exc:
             raise NotReady(f"The model {self.name!r} could not be loaded: {exc}") from exc
-        log.info(
-            "model %s loaded for a request in %.1f s", self.name, time.perf_counter() - started
-        )
-        return (time.perf_counter() - started) * 1000
+        seconds = time.perf_counter() - started
+        log.info("model %s loaded for a request in %.1f s", self.name, seconds)
+        return seconds * 1000
 
 
 class ModelPool:
@@ -240,6 +233,8 @@ class ModelPool:
             self._sides.move_to_end(model_id)
             return self._sides[model_id]
         installed = find_model(self.settings, model_id)
+        if installed is not None and installed.id in self._sides:  # named by another alias
+            return self._side(installed.id)
         if installed is None or not is_complete(installed.path):
             # Checked before anything is evicted: a broken request costs the others nothing.
             raise NotReady(

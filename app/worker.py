@@ -118,7 +118,6 @@ class Worker:
         self._counts = threading.Lock()  # the loop and the worker thread both move the counts
         self._jobs: set[_Job] = set()
         self._loading: Future[None] | None = None
-        self._loaded = False
         self._expires_at: datetime | None = None
         self._unload_timer: asyncio.TimerHandle | None = None
 
@@ -172,7 +171,7 @@ class Worker:
             requests_served=self._served,
             waiting=self._waiting,
             running=self._running,
-            loaded=self._loaded,
+            loaded=bool(self.model.loaded_models()),
             expires_at=self._expires_at,
         )
 
@@ -180,7 +179,7 @@ class Worker:
         try:
             started = time.perf_counter()
             self._info = self.model.load()
-            self._loaded, self._loaded_at = True, datetime.now(UTC)
+            self._loaded_at = datetime.now(UTC)
             self._state, self._reason = "ok", None
             log.info(
                 "model %s ready on %s in %.1f s",
@@ -264,9 +263,10 @@ class Worker:
             self._waiting -= 1
             self._running += 1
         try:
+            before = set(self.model.loaded_models())
             output = self.model.run(request, job.cancel.is_set, on_object)
-            if not self._loaded:  # it was loaded again for this request
-                self._loaded, self._loaded_at = True, datetime.now(UTC)
+            if set(self.model.loaded_models()) - before:  # loaded (again) for this request
+                self._loaded_at = datetime.now(UTC)
             return output
         finally:
             with self._counts:
@@ -287,15 +287,15 @@ class Worker:
 
     def _unload_when_idle(self) -> None:
         self._unload_timer = None
-        if self._loaded and not (self._waiting or self._running) and self._state == "ok":
+        if self._state == "ok" and not (self._waiting or self._running):
             self._thread.submit(self._unload)
 
     def _unload(self) -> None:
         """Worker thread: a request that came in meanwhile keeps the model."""
-        if not self._loaded or self._waiting or self._running:
+        if not self.model.loaded_models() or self._waiting or self._running:
             return
         self.model.unload()
-        self._loaded, self._expires_at = False, None
+        self._expires_at = None
         log.info(
             "model %s unloaded after %g s idle (SEGMENT_KEEP_ALIVE); the next request loads it",
             self.model.name,
