@@ -28,6 +28,11 @@ class InstalledModel:
 
 def installed_models(settings: Settings) -> list[InstalledModel]:
     """SEGMENT_MODEL first (when present), then the others by id."""
+    return [describe(model_id, path) for model_id, path in installed_paths(settings).items()]
+
+
+def installed_paths(settings: Settings) -> dict[str, Path]:
+    """Id -> directory of every installed checkpoint; directory names only, no file reads."""
     found: dict[str, Path] = {}
     default = settings.model_path()
     if (default / "config.json").is_file():
@@ -37,15 +42,15 @@ def installed_models(settings: Settings) -> list[InstalledModel]:
             directory = config.parent
             if directory.resolve() != default.resolve():
                 found[f"{directory.parent.name}/{directory.name}"] = directory
-    return [describe(model_id, path) for model_id, path in found.items()]
+    return found
 
 
 def find_model(settings: Settings, model_id: str | None) -> InstalledModel | None:
     """The installed model `model_id` names (any of its names); None if none does."""
     wanted = model_id or settings.model
-    for model in installed_models(settings):
-        if wanted in model.names():
-            return model
+    for installed_id, path in installed_paths(settings).items():
+        if wanted in accepted_model_ids(installed_id):
+            return describe(installed_id, path)
     return None
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from app.catalog import find_model, installed_models
+from app.catalog import find_model, installed_paths
 from app.config import Settings
 from app.errors import BadInput
 from app.fetch import UrlPolicy, fetch_image_bytes
@@ -214,7 +214,7 @@ class Pipeline:
         installed = find_model(self.settings, model_id)
         if installed is not None:
             return None if installed.id == self.settings.model else installed.id
-        names = [m.id for m in installed_models(self.settings)] or [self.settings.model]
+        names = list(installed_paths(self.settings)) or [self.settings.model]
         raise BadInput(
             f"model_id {model_id!r} is not installed here; installed: {', '.join(names)} (see "
             f"GET /models). `make models SEGMENT_MODEL={model_id}` installs it; omit model_id "
