@@ -7,17 +7,17 @@ import os
 import sys
 from typing import NoReturn
 
-from app.blas import find_openblas, preload_environment
-from app.cli import build_parser
+from app.cli.command import build_parser
 from app.config import get_settings
-from app.device import gpu_backend
+from app.runtime.blas import find_openblas, preload_environment
+from app.runtime.device import gpu_backend
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     settings = get_settings()
     if args.command == "segment" and args.server:  # a client of a running service: no MLX here
-        from app.cli import segment_command
+        from app.cli.command import segment_command
 
         sys.exit(segment_command(args, settings))
     environment = preload_environment(
@@ -26,14 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     if environment is not None:  # Linux: restart once with OpenBLAS ahead of MLX's own BLAS
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
     if args.command == "segment":
-        from app.cli import segment_command
+        from app.cli.command import segment_command
 
         leave(segment_command(args, settings))
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from app.server import serve
+    from app.api.server import serve
 
     serve(settings)
     leave(0)

@@ -18,17 +18,17 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from app.catalog import find_model, installed_paths
 from app.config import Settings
 from app.errors import BadInput
-from app.fetch import UrlPolicy, fetch_image_bytes
-from app.images import DecodedImage, decode_image, to_rgb
-from app.masks import MaskFormat, encode_mask
-from app.model_ids import accepted_model_ids
-from app.overlay import overlay_png
-from app.prompts import build_prompt, token_budget
-from app.segmentation import DecodedObject, SegmentedObject, place_object
-from app.worker import ModelRequest, Worker
+from app.runtime.catalog import find_model, installed_paths
+from app.runtime.model_ids import accepted_model_ids
+from app.runtime.worker import ModelRequest, Worker
+from app.steps.fetch import UrlPolicy, fetch_image_bytes
+from app.steps.images import DecodedImage, decode_image, to_rgb
+from app.steps.masks import MaskFormat, encode_mask
+from app.steps.objects import DecodedObject, SegmentedObject, place_object
+from app.steps.overlay import overlay_png
+from app.steps.prompts import build_prompt, token_budget
 
 log = logging.getLogger("app")
 

@@ -26,9 +26,9 @@ from PIL import Image
 
 from app.config import Settings, get_settings
 from app.errors import NotReady
-from app.masks import MaskFormat
 from app.pipeline import ImageBytes, ImageSource, Pipeline, SegmentOptions, SegmentResult
-from app.worker import Worker
+from app.runtime.worker import Worker
+from app.steps.masks import MaskFormat
 
 T = TypeVar("T")
 ImageLike = str | Path | bytes | Image.Image
@@ -55,7 +55,7 @@ class Segmenter:
         """
         settings = settings or get_settings()
         if worker is None:
-            from app.model import create_worker  # imports MLX
+            from app.runtime.pool import create_worker  # imports MLX
 
             worker = create_worker(settings)
         segmenter = cls(settings, worker)

@@ -36,8 +36,8 @@ def grammar_alone(repeats: int) -> dict[str, Any]:
     """Microseconds per step of the grammar processor at the real vocabulary size."""
     import mlx.core as mx  # here, not at import: `make bench` picks the BLAS first
 
-    from app.constrained import OutputGrammar
-    from app.vocab import TokenLayout, Vocabulary
+    from app.model.grammar import OutputGrammar
+    from app.model.vocab import TokenLayout, Vocabulary
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = real_vocabulary_tokenizer(Path(tmp))
@@ -83,8 +83,8 @@ def tiny_generation(model_dir: Path, repeats: int) -> dict[str, Any]:
     from PIL import Image
     from transformers import AutoTokenizer
 
-    from app.constrained import OutputGrammar
-    from app.paligemma import PaliGemma
+    from app.model.grammar import OutputGrammar
+    from app.model.paligemma import PaliGemma
     from scripts.scripted_output import ScriptedOutput
 
     model = PaliGemma.load(model_dir)

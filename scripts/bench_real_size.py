@@ -148,7 +148,7 @@ def mlx_worker(model_dir: Path, policy: str, max_new_tokens: int) -> dict[str, A
     import mlx_vlm.generate.ar
     import mlx_vlm.utils  # noqa: F401 (imported here so that load_s is loading alone)
 
-    from app.paligemma import PaliGemma
+    from app.model.paligemma import PaliGemma
 
     t1 = time.perf_counter()
     model = PaliGemma.load(model_dir, dtype=policy)  # type: ignore[arg-type]
@@ -256,7 +256,7 @@ def torch_worker(model_dir: Path, max_new_tokens: int) -> dict[str, Any]:
 # -- orchestration (parent process) ---------------------------------------------------------
 def _environment(blas: str) -> dict[str, str]:
     """The worker's environment: offline hub, and OpenBLAS preloaded exactly when asked."""
-    from app.blas import MARKER, find_openblas, preload_environment
+    from app.runtime.blas import MARKER, find_openblas, preload_environment
 
     env = {k: v for k, v in os.environ.items() if k != MARKER}
     kept = [p for p in env.get("LD_PRELOAD", "").split(":") if p and "openblas" not in p]
@@ -265,7 +265,7 @@ def _environment(blas: str) -> dict[str, str]:
     if blas == "openblas":
         preloaded = preload_environment(env, sys.platform, find_openblas())
         if preloaded is None:
-            raise RuntimeError("no OpenBLAS to preload (app.blas.find_openblas found none)")
+            raise RuntimeError("no OpenBLAS to preload (app.runtime.blas.find_openblas found none)")
         return preloaded
     env["SEGMENT_BLAS"] = "bundled"  # what a user sets to run the service this way
     return env

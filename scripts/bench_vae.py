@@ -28,8 +28,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from app.blas import find_openblas
-from app.vae import MaskDecoder
+from app.model.vae import MaskDecoder
+from app.runtime.blas import find_openblas
 from scripts.random_vae import write_random_vae
 
 Decode = Callable[[np.ndarray], np.ndarray]
@@ -56,7 +56,7 @@ class NumpyDecoder:
                 self.w[key] = p[f"{key}.weight"].transpose(2, 3, 1, 0).reshape(k * k * c, o)
             else:
                 c, o, _, _ = p[f"{key}.weight"].shape  # ConvTranspose2d (C, O, 4, 4)
-                # Window (dy, dx) feeds output phase (py, px) through tap 3-p-2d (see app.vae).
+                # Window (dy, dx) feeds output phase (py, px) via tap 3-p-2d (see app.model.vae).
                 t = p[f"{key}.weight"][:, :, ::-1, ::-1].reshape(
                     c, o, 2, 2, 2, 2
                 )  # (C,O,dy,py,dx,px)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.blas import MARKER, find_openblas, preload_environment
+from app.runtime.blas import MARKER, find_openblas, preload_environment
 from scripts.bench_constrained import grammar_alone, tiny_generation
 from scripts.bench_constrained import table as constrained_table
 from scripts.bench_real_size import table
@@ -101,9 +101,9 @@ def tiny_service(model_dir: Path) -> Iterator[tuple[Any, Any]]:
     from fastapi.testclient import TestClient
     from transformers import AutoTokenizer
 
+    from app.api.app import create_app
     from app.config import Settings
-    from app.main import create_app
-    from app.model import create_worker
+    from app.runtime.pool import create_worker
     from scripts.scripted_output import ScriptedOutput  # imports MLX
 
     script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), three_objects())
@@ -162,9 +162,9 @@ def time_to_first_object(model_dir: Path, repeats: int) -> dict[str, Any]:
     import uvicorn
     from transformers import AutoTokenizer
 
+    from app.api.app import create_app
     from app.config import Settings
-    from app.main import create_app
-    from app.model import create_worker
+    from app.runtime.pool import create_worker
     from scripts.scripted_output import ScriptedOutput  # imports MLX
 
     script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), three_objects())
@@ -235,7 +235,7 @@ def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
 # -- stage 1: mask decode -----------------------------------------------------------------------
 def mask_decode(repeats: int) -> dict[str, Any]:
     """scripts.bench_vae in two child processes: MLX's bundled BLAS, and OpenBLAS preloaded."""
-    from app.blas import MARKER, find_openblas
+    from app.runtime.blas import MARKER, find_openblas
 
     library = find_openblas()
     setups: dict[str, dict[str, str]] = {

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from app.config import Settings
-from app.download import DownloadError, download_model, download_vae, is_complete
+from app.runtime.download import DownloadError, download_model, download_vae, is_complete
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,8 @@ GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden_obj
 
 
 def main() -> None:
-    from app.segmentation import objects_from_text
-    from app.vae import MaskDecoder
+    from app.model.vae import MaskDecoder
+    from app.steps.objects import objects_from_text
     from scripts.random_vae import write_random_vae
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, replace
 from fastapi import FastAPI
 from PIL import Image
 
+from app.api.app import create_app
 from app.config import Settings
 from app.errors import Cancelled
 from app.keep_alive import keep_alive_seconds
-from app.main import create_app
-from app.segmentation import DecodedObject
-from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+from app.runtime.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+from app.steps.objects import DecodedObject
 
 
 @dataclass

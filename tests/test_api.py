@@ -21,13 +21,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from transformers import AutoTokenizer
 
+from app.api.app import create_app
 from app.config import Settings
-from app.main import create_app
-from app.model import SegmentationModel, create_worker
-from app.paligemma import PaliGemma
-from app.segmentation import DecodedObject
-from app.tokens import box_to_pixels
-from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+from app.model.paligemma import PaliGemma
+from app.runtime.pool import SegmentationModel, create_worker
+from app.runtime.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+from app.steps.objects import DecodedObject
+from app.steps.tokens import box_to_pixels
 from scripts.scripted_output import ScriptedOutput
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
 from tests.service import local_client, tiny_settings, wait_healthy

@@ -8,8 +8,8 @@ from typing import Literal
 
 import pytest
 
-from app.blas import MARKER, find_openblas, preload_environment
 from app.config import Settings
+from app.runtime.blas import MARKER, find_openblas, preload_environment
 
 LIB = Path("/opt/lib/libopenblas.so")
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from app.main import create_app
+from app.api.app import create_app
 from tests.service import ROOT, live_server, tiny_settings
 
 pytestmark = pytest.mark.slow

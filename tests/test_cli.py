@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from app.cli import build_parser, segment_command
-from app.main import create_app
-from app.masks import decode_png
+from app.api.app import create_app
+from app.cli.command import build_parser, segment_command
+from app.steps.masks import decode_png
 from tests.images import gradient, image_bytes
 from tests.service import ROOT, live_server, tiny_settings
 
@@ -198,7 +198,7 @@ def test_the_exit_status_survives_mlx_teardown(tmp_path: Path) -> None:
     not run that teardown."""
     code = (
         "from concurrent.futures import ThreadPoolExecutor\n"
-        "from app.vae import MaskDecoder\n"
+        "from app.model.vae import MaskDecoder\n"
         "from app.__main__ import leave\n"
         "from scripts.random_vae import write_random_vae\n"
         f"path = write_random_vae({str(tmp_path / 'vae.npz')!r})\n"

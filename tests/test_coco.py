@@ -15,7 +15,7 @@ import pytest
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
-from app.coco import CocoImage, coco_document, write_coco
+from app.steps.coco import CocoImage, coco_document, write_coco
 
 
 def disk(height: int, width: int, hole: bool = False) -> np.ndarray:

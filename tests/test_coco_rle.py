@@ -8,7 +8,8 @@ import pytest
 from pycocotools import mask as coco_mask
 from pydantic import TypeAdapter
 
-from app.masks import (
+from app.api.schemas import Mask
+from app.steps.masks import (
     decode_coco_rle,
     decode_png,
     decode_rle,
@@ -17,7 +18,6 @@ from app.masks import (
     encode_png,
     encode_rle,
 )
-from app.schemas import Mask
 
 
 def disk(height: int, width: int, hole: bool = False) -> np.ndarray:

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
-from app.constrained import RANDOM_MODEL_MIN_BOX, OutputGrammar
-from app.model import SegmentationModel
-from app.paligemma import PaliGemma
-from app.prompts import split_task_prompt
-from app.tokens import parse_text
-from app.vocab import TokenLayout, Vocabulary
-from app.worker import ModelRequest
+from app.model.grammar import RANDOM_MODEL_MIN_BOX, OutputGrammar
+from app.model.paligemma import PaliGemma
+from app.model.vocab import TokenLayout, Vocabulary
+from app.runtime.pool import SegmentationModel
+from app.runtime.worker import ModelRequest
+from app.steps.prompts import split_task_prompt
+from app.steps.tokens import parse_text
 from scripts.scripted_output import ScriptedOutput
 from tests.service import tiny_settings
 

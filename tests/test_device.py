@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.blas import preload_environment
 from app.config import Settings
-from app.device import NoGpu, choose_device, gpu_backend, use_device
-from app.dtype_policy import choose_float32
-from app.worker import Worker
+from app.model.dtype_policy import choose_float32
+from app.runtime.blas import preload_environment
+from app.runtime.device import NoGpu, choose_device, gpu_backend, use_device
+from app.runtime.worker import Worker
 from tests.service import local_client, tiny_settings, wait_healthy
 
 LIB = Path("/opt/lib/libopenblas.so")
@@ -67,8 +67,8 @@ def test_this_machine_runs_on_the_cpu() -> None:
 def test_a_missing_gpu_is_a_clear_health_reason_without_a_traceback(
     tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from app.main import create_app
-    from app.model import SegmentationModel
+    from app.api.app import create_app
+    from app.runtime.pool import SegmentationModel
 
     settings = tiny_settings(tiny_model_dir, device="gpu", warmup=False)
     worker = Worker(SegmentationModel(settings), max_queue=1, request_timeout_s=10)

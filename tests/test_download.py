@@ -10,8 +10,8 @@ import httpx2
 import pytest
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-from app import download
-from app.download import DownloadError, download_model, download_vae, is_complete
+from app.runtime import download
+from app.runtime.download import DownloadError, download_model, download_vae, is_complete
 from scripts import download_models
 
 REPO = "mlx-community/paligemma2-3b-mix-448-8bit"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.feature_cache import FeatureCache
+from app.model.feature_cache import FeatureCache
 
 
 def array(n_bytes: int) -> np.ndarray:

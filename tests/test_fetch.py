@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.fetch import UrlPolicy
+from app.steps.fetch import UrlPolicy
 from tests.fake_model import fake_service
 from tests.images import gradient, image_bytes
 from tests.service import local_client, wait_healthy

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from app.main import create_app
+from app.api.app import create_app
 from tests.service import live_server, tiny_settings
 
 pytestmark = pytest.mark.slow  # starts a server process or a live server

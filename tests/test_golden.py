@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from app.main import create_app
-from app.masks import decode_rle
-from app.model import create_worker
-from app.segmentation import objects_from_text
-from app.vae import MaskDecoder
+from app.api.app import create_app
+from app.model.vae import MaskDecoder
+from app.runtime.pool import create_worker
+from app.steps.masks import decode_rle
+from app.steps.objects import objects_from_text
 from scripts.random_vae import write_random_vae
 from scripts.scripted_output import ScriptedOutput
 from tests.images import gradient, image_bytes

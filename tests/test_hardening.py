@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.worker import ModelRequest
+from app.runtime.worker import ModelRequest
 from tests.fake_model import FakeService, Hold, fake_service
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
 from tests.service import live_server, local_client, wait_healthy
@@ -421,7 +421,7 @@ def test_a_departed_client_stops_its_generation(fake: FakeService) -> None:
     """Cancelling the awaiting request (what a disconnect does) stops the job on the worker."""
     import asyncio
 
-    from app.main import _unless_disconnected
+    from app.api.app import _unless_disconnected
 
     hold = Hold()
     fake.model.enqueue(hold)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from app.errors import BadInput, NotAnImage, TooLarge
-from app.images import decode_image
+from app.steps.images import decode_image
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
 
 LIMIT = 50_000_000

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from app.main import create_app
-from app.model import create_worker
+from app.api.app import create_app
+from app.runtime.pool import create_worker
 from scripts.scripted_output import ScriptedOutput
 from tests.images import gradient, image_bytes
 from tests.service import local_client, tiny_settings, wait_healthy

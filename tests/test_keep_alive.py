@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.app import create_app
 from app.config import Settings
 from app.keep_alive import keep_alive_seconds
-from app.main import create_app
 from tests.fake_model import fake_service
 from tests.images import gradient, image_bytes
 from tests.service import local_client, tiny_settings, wait_healthy

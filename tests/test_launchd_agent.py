@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from app.api.server import GRACEFUL_SHUTDOWN_S
 from app.config import DEFAULT_MODEL, Settings
-from app.server import GRACEFUL_SHUTDOWN_S
 from scripts.launchd_agent import (
     LABEL,
     ROOT,
@@ -464,9 +464,15 @@ def test_install_off_macos_is_a_clear_error(
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_agent_plist_prints_a_valid_plist() -> None:
-    # -o: take .venv as set up (this interpreter), never reinstall it from the test.
+    # -o: take .venv as set up (this interpreter), never reinstall it from the test (its stamp
+    # is named after the MLX backend installed).
+    stamps = [
+        arg
+        for stamp in ROOT.glob(".venv/.installed-*")
+        for arg in ("-o", str(stamp.relative_to(ROOT)))
+    ]
     result = subprocess.run(
-        ["make", "-s", "-o", ".venv/.installed", "agent-plist", f"PY={sys.executable}"],
+        ["make", "-s", *stamps, "agent-plist", f"PY={sys.executable}"],
         cwd=ROOT,
         capture_output=True,
         check=True,

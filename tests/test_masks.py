@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.masks import encode_mask, encode_png, encode_polygons, encode_rle, place_mask
+from app.steps.masks import encode_mask, encode_png, encode_polygons, encode_rle, place_mask
 
 
 def test_mask_is_placed_inside_its_box_only() -> None:

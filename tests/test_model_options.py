@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.dtype_policy import apply_dtype_policy, choose_float32
-from app.feature_cache import FeatureCache
-from app.paligemma import PaliGemma
+from app.model.dtype_policy import apply_dtype_policy, choose_float32
+from app.model.feature_cache import FeatureCache
+from app.model.paligemma import PaliGemma
 
 GB = 1024**3
 

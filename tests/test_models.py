@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.app import create_app
 from app.config import Settings
-from app.main import create_app
 from scripts.make_tiny_model import build_tiny_model
 from tests.images import gradient, image_bytes
 from tests.service import local_client, wait_healthy

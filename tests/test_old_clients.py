@@ -15,8 +15,8 @@ import requests
 from PIL import Image
 from transformers import AutoTokenizer
 
-from app.main import create_app
-from app.model import create_worker
+from app.api.app import create_app
+from app.runtime.pool import create_worker
 from scripts.scripted_output import ScriptedOutput
 from tests.images import gradient
 from tests.service import live_server, tiny_settings

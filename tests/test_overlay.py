@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.overlay import FILL_OPACITY, PALETTE, colour, draw_overlay, overlay_png
+from app.steps.overlay import FILL_OPACITY, PALETTE, colour, draw_overlay, overlay_png
 
 GREY = 128
 
@@ -224,8 +224,8 @@ def test_png_holds_the_same_pixels() -> None:
 
 
 def test_the_playground_draws_with_the_same_colours() -> None:
-    from app.overlay import PALETTE
-    from app.playground import STATIC
+    from app.api.playground import STATIC
+    from app.steps.overlay import PALETTE
 
     script = (STATIC / "playground.js").read_text()
     listed = script.split("const PALETTE = [", 1)[1].split("];", 1)[0]

@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 import mlx.core as mx  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from app.paligemma import PaliGemma, match_reference_image_scaling  # noqa: E402
+from app.model.paligemma import PaliGemma, match_reference_image_scaling  # noqa: E402
 from tests.images import gradient  # noqa: E402
 
 PROMPT = "segment cat ; dog"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from app.errors import BadInput
-from app.prompts import build_prompt, token_budget
+from app.steps.prompts import build_prompt, token_budget
 
 
 @pytest.mark.parametrize(

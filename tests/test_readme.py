@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.api.app import create_app
 from app.config import Settings
-from app.main import create_app
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -71,7 +71,7 @@ def test_python_api_example_runs(
 
 
 def test_cli_example_uses_real_options() -> None:
-    from app.cli import build_parser
+    from app.cli.command import build_parser
 
     line = next(ln for ln in README.splitlines() if "python -m app segment " in ln)
     argv = line.split("python -m app ", 1)[1].replace('"cat ; dog"', "cat").split()
@@ -85,7 +85,7 @@ def test_streaming_example_runs(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from app.main import create_app
+    from app.api.app import create_app
     from tests.images import gradient
     from tests.service import live_server, tiny_settings
 

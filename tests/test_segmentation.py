@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.segmentation import objects_from_text
-from app.vae import MaskDecoder
+from app.model.vae import MaskDecoder
+from app.steps.objects import objects_from_text
 from scripts.random_vae import write_random_vae
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from app.errors import NotAnImage, NotReady
-from app.masks import decode_png
 from app.segmenter import Segmenter
+from app.steps.masks import decode_png
 from tests.images import gradient, image_bytes
 from tests.service import tiny_settings
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.server import GRACEFUL_SHUTDOWN_S
+from app.api.server import GRACEFUL_SHUTDOWN_S
 from tests.images import gradient, image_bytes
 from tests.service import AppProcess
 
@@ -83,7 +83,7 @@ def tokens_lasting(seconds: float, per_token_s: float) -> int:
 
 
 SHORT_DRAIN = (
-    "import app.server as s; s.GRACEFUL_SHUTDOWN_S = 1; import app.__main__ as m; m.main()"
+    "import app.api.server as s; s.GRACEFUL_SHUTDOWN_S = 1; import app.__main__ as m; m.main()"
 )
 
 

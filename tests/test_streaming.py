@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.app import create_app
 from app.config import Settings
-from app.main import create_app
-from app.segmentation import DecodedObject
+from app.steps.objects import DecodedObject
 from tests.fake_model import Hold, fake_service
 from tests.images import gradient, image_bytes
 from tests.service import live_server, local_client, tiny_settings, wait_healthy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.tokens import Piece, box_to_pixels, parse_pieces, parse_text, pieces_from_text
+from app.steps.tokens import Piece, box_to_pixels, parse_pieces, parse_text, pieces_from_text
 
 
 def locs(*values: int) -> str:

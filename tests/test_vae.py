@@ -1,7 +1,7 @@
 """The MLX VQ-VAE decoder against an independent NumPy reference with PyTorch semantics.
 
 The reference works on the checkpoint's PyTorch-layout arrays in NCHW and implements each
-layer by its definition, so it shares no transposes or layout choices with `app.vae`. Both
+layer by its definition, so it shares no transposes or layout choices with `app.model.vae`. Both
 formulations ("conv" and "matmul") are checked against it and against each other.
 """
 
@@ -15,8 +15,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-import app.vae as vae
-from app.vae import MaskDecoder
+import app.model.vae as vae
+from app.model.vae import MaskDecoder
 from scripts.random_vae import main as random_vae_main
 from scripts.random_vae import write_random_vae
 
@@ -171,7 +171,7 @@ def test_auto_picks_a_formulation_by_timing_and_logs_it(
     small_ckpt: dict,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="app.vae"):
+    with caplog.at_level(logging.INFO, logger="app.model.vae"):
         decoder = MaskDecoder.load(small_path)  # "auto" is the default
     assert decoder.formulation in FORMULATIONS
     message = caplog.messages[-1]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.model_ids import accepted_model_ids
+from app.runtime.model_ids import accepted_model_ids
 
 
 @dataclass(frozen=True)

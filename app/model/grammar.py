@@ -22,8 +22,8 @@ from collections import deque
 import mlx.core as mx
 import numpy as np
 
-from app.tokens import CODES_PER_MASK, LOC_TOKENS, SEG_TOKENS
-from app.vocab import Vocabulary
+from app.model.vocab import Vocabulary
+from app.steps.tokens import CODES_PER_MASK, LOC_TOKENS, SEG_TOKENS
 
 LABEL_PREFIXES = (b" ", b"")  # PaliGemma writes " cat" after the codes; tolerate "cat"
 SEPARATORS = (b" ; ", b"; ")  # big_vision writes " ; "; its own parser also reads "; "

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http_errors import send_json, too_large_detail
+from app.api.errors import send_json, too_large_detail
 
 FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
 JSON_TYPE = "application/json"

@@ -9,7 +9,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http_errors import send_json, too_large_detail
+from app.api.errors import send_json, too_large_detail
 
 
 class BodyLimit:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.tokens import LOC_TOKENS, SEG_TOKENS
+from app.steps.tokens import LOC_TOKENS, SEG_TOKENS
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
 _TAG_PIECE = re.compile(r"<[^<>\s]+>")  # <unused12>, <start_of_image>: never label text

@@ -13,10 +13,10 @@ import httpx
 
 from app.config import Settings
 from app.errors import NotReady, ServiceError
-from app.masks import decode_coco_rle, encode_mask
 from app.pipeline import SegmentOptions, SegmentResult
-from app.segmentation import SegmentedObject
 from app.segmenter import Segmenter
+from app.steps.masks import decode_coco_rle, encode_mask
+from app.steps.objects import SegmentedObject
 
 SERVICE_TIMEOUT_S = 600.0  # one image, queue included; the service has its own limit
 READY_WAIT_S = 120.0  # a service that is still loading gets this long

@@ -2,7 +2,8 @@
 
 MLX streams are thread-local (mlx >= 0.31), so loading, warm-up and every request run on this
 worker's single thread; callers await futures and only plain Python/numpy values come back.
-The worker runs whatever model side it is given (the real one in `app.model`, a fake in tests)
+The worker runs whatever model side it is given (the real one in `app.runtime.pool`, a fake in
+tests)
 and imports nothing of MLX itself.
 """
 
@@ -21,7 +22,7 @@ from typing import Literal, Protocol
 from PIL import Image
 
 from app.errors import Busy, Cancelled, NotReady, TimedOut
-from app.segmentation import DecodedObject
+from app.steps.objects import DecodedObject
 
 log = logging.getLogger(__name__)
 

@@ -13,17 +13,13 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.body_limit import BodyLimit
-from app.catalog import installed_models
-from app.config import Settings, get_settings
-from app.docs import install_docs
-from app.errors import BadInput, ClientGone, TooLarge
-from app.http_errors import RequestId, install_error_handlers, request_id_of
-from app.json_body import JsonBody
-from app.masks import MaskFormat
-from app.pipeline import ImageBytes, ImageSource, ImageUrl, Pipeline, SegmentOptions
-from app.playground import install_playground
-from app.schemas import (
+from app.api.body_limit import BodyLimit
+from app.api.docs import install_docs
+from app.api.errors import RequestId, install_error_handlers, request_id_of
+from app.api.guards import AccessGuard, host_name, is_loopback
+from app.api.json_body import JsonBody
+from app.api.playground import install_playground
+from app.api.schemas import (
     ErrorResponse,
     HealthResponse,
     InstalledModelInfo,
@@ -32,10 +28,14 @@ from app.schemas import (
     SegmentResponse,
     render,
 )
-from app.security import AccessGuard, host_name, is_loopback
-from app.streaming import MEDIA_TYPE as NDJSON
-from app.streaming import ndjson_lines
-from app.worker import Worker
+from app.api.streaming import MEDIA_TYPE as NDJSON
+from app.api.streaming import ndjson_lines
+from app.config import Settings, get_settings
+from app.errors import BadInput, ClientGone, TooLarge
+from app.pipeline import ImageBytes, ImageSource, ImageUrl, Pipeline, SegmentOptions
+from app.runtime.catalog import installed_models
+from app.runtime.worker import Worker
+from app.steps.masks import MaskFormat
 
 log = logging.getLogger("app")
 
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
     """The service. Tests pass their own settings and worker; `python -m app` uses the defaults."""
     settings = settings or get_settings()
     if worker is None:
-        from app.model import create_worker  # imports MLX: only when serving for real
+        from app.runtime.pool import create_worker  # imports MLX: only when serving for real
 
         worker = create_worker(settings)
     pipeline = Pipeline(settings, worker)
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         version=_version(),
         summary="Text-prompted segmentation with PaliGemma 2 mix on MLX, served locally.",
         lifespan=lifespan,
-        docs_url=None,  # app.docs serves both from local files
+        docs_url=None,  # app.api.docs serves both from local files
         redoc_url=None,
     )
     install_error_handlers(app, settings)

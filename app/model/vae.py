@@ -28,7 +28,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from app.tokens import CODES_PER_MASK
+from app.steps.tokens import CODES_PER_MASK
 
 GRID = 4  # the 16 codes form a 4x4 grid, row-major: code i -> row i // 4, column i % 4
 MASK_SIZE = 64

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.masks import place_mask
-from app.tokens import CODES_PER_MASK, ParsedObject, box_to_pixels, parse_text
+from app.steps.masks import place_mask
+from app.steps.tokens import CODES_PER_MASK, ParsedObject, box_to_pixels, parse_text
 
 Box = tuple[int, int, int, int]  # x_min, y_min, x_max (exclusive), y_max in pixels
 

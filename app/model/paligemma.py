@@ -18,12 +18,12 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from app.constrained import OutputGrammar
-from app.dtype_policy import DtypePolicy, apply_dtype_policy
 from app.errors import Cancelled
-from app.feature_cache import FeatureCache
-from app.tokens import Piece
-from app.vocab import TokenLayout, Vocabulary
+from app.model.dtype_policy import DtypePolicy, apply_dtype_policy
+from app.model.feature_cache import FeatureCache
+from app.model.grammar import OutputGrammar
+from app.model.vocab import TokenLayout, Vocabulary
+from app.steps.tokens import Piece
 
 log = logging.getLogger(__name__)
 

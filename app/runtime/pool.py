@@ -20,20 +20,20 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from app.catalog import find_model, is_random_weights
 from app.config import Settings
-from app.constrained import OutputGrammar
-from app.device import gpu_backend, use_device
-from app.download import is_complete
 from app.errors import NotReady
-from app.feature_cache import FeatureCache
 from app.keep_alive import keep_alive_seconds
-from app.paligemma import LogitsProcessor, PaliGemma
-from app.prompts import split_task_prompt
-from app.segmentation import DecodedObject, decode_objects
-from app.tokens import ObjectParser, ParsedObject
-from app.vae import MaskDecoder
-from app.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+from app.model.feature_cache import FeatureCache
+from app.model.grammar import OutputGrammar
+from app.model.paligemma import LogitsProcessor, PaliGemma
+from app.model.vae import MaskDecoder
+from app.runtime.catalog import find_model, is_random_weights
+from app.runtime.device import gpu_backend, use_device
+from app.runtime.download import is_complete
+from app.runtime.worker import ModelInfo, ModelOutput, ModelRequest, Worker
+from app.steps.objects import DecodedObject, decode_objects
+from app.steps.prompts import split_task_prompt
+from app.steps.tokens import ObjectParser, ParsedObject
 
 log = logging.getLogger(__name__)
 

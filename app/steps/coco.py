@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.masks import encode_coco_rle
+from app.steps.masks import encode_coco_rle
 
 
 class Found(Protocol):
-    """What an object must offer (app.segmentation.SegmentedObject does)."""
+    """What an object must offer (app.steps.objects.SegmentedObject does)."""
 
     @property
     def label(self) -> str: ...

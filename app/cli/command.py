@@ -18,12 +18,12 @@ from typing import IO, Protocol
 
 from tqdm import tqdm
 
-from app.coco import CocoImage, coco_document, write_coco
+from app.api.schemas import render
 from app.config import Settings
 from app.errors import ServiceError
 from app.pipeline import SegmentOptions, SegmentResult
-from app.prompts import build_prompt, split_task_prompt
-from app.schemas import render
+from app.steps.coco import CocoImage, coco_document, write_coco
+from app.steps.prompts import build_prompt, split_task_prompt
 
 MASK_FORMATS = ("png", "rle", "coco_rle", "polygon", "none")
 EXIT_FAILED_IMAGES = 1  # some images could not be segmented (each one says why)
@@ -99,7 +99,7 @@ class _Segment(Protocol):
 
 
 def _backend(args: argparse.Namespace, settings: Settings) -> AbstractContextManager[_Segment]:
-    from app.cli_backends import LocalModel, RemoteService
+    from app.cli.backends import LocalModel, RemoteService
 
     if args.server:
         return RemoteService(args.server, args.token or _token(settings))

@@ -11,9 +11,9 @@ from types import FrameType
 
 import uvicorn
 
-from app.blas import MARKER
 from app.config import Settings
-from app.worker import Worker
+from app.runtime.blas import MARKER
+from app.runtime.worker import Worker
 
 GRACEFUL_SHUTDOWN_S = 10  # in-flight requests may finish this long after SIGTERM
 UVICORN_MARGIN_S = 5  # then uvicorn waits this much more for their 503s to go out
@@ -53,8 +53,8 @@ def serve(settings: Settings) -> None:
     """Run the service until SIGTERM or Ctrl-C."""
     if os.environ.get(MARKER):
         logging.getLogger("app").info("CPU BLAS: OpenBLAS preloaded from %s", os.environ[MARKER])
-    from app.main import create_app
-    from app.model import create_worker  # imports MLX: only after the BLAS decision
+    from app.api.app import create_app
+    from app.runtime.pool import create_worker  # imports MLX: only after the BLAS decision
 
     worker = create_worker(settings)
     config = uvicorn.Config(

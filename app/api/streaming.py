@@ -16,10 +16,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from app.api.schemas import render, render_object
 from app.errors import ServiceError
 from app.pipeline import Pipeline, PreparedRequest
-from app.schemas import render, render_object
-from app.segmentation import SegmentedObject
+from app.steps.objects import SegmentedObject
 
 log = logging.getLogger("app")
 MEDIA_TYPE = "application/x-ndjson"

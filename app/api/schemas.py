@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.masks import encode_png
+from app.steps.masks import encode_png
 
 if TYPE_CHECKING:
     from app.pipeline import SegmentResult
-    from app.segmentation import SegmentedObject
+    from app.steps.objects import SegmentedObject
 
 
 class RleMask(BaseModel):
