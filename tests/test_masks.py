@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.steps.masks import encode_mask, encode_png, encode_polygons, encode_rle, place_mask
+from app.steps.masks import (
+    LIBPNG_MAX_SIDE,
+    decode_png,
+    encode_mask,
+    encode_png,
+    encode_polygons,
+    encode_rle,
+    place_mask,
+)
 
 
 def test_mask_is_placed_inside_its_box_only() -> None:
@@ -103,3 +111,20 @@ def test_placement_matches_the_pil_bilinear_reference(box: tuple[int, int, int, 
     mask = place_mask(raw, box, 640, 480)
     assert mask is not None
     assert (mask[y0:y1, x0:x1] == (reference > 0)).mean() > 0.999
+
+
+@pytest.mark.parametrize("shape", [(1, LIBPNG_MAX_SIDE + 1), (LIBPNG_MAX_SIDE + 1, 2)])
+def test_png_writes_sides_past_libpngs_limit(shape: tuple[int, int]) -> None:
+    """OpenCV's writer refuses them (uploads stop at images.MAX_IMAGE_SIDE; an in-process
+    caller's image does not), so Pillow's writes them: the same 8-bit 0 / 255 PNG."""
+    mask = np.zeros(shape, bool)
+    mask.reshape(-1)[::7] = True
+    png = Image.open(io.BytesIO(base64.b64decode(encode_png(mask))))
+    assert png.mode == "L" and png.size == shape[::-1]
+    assert np.array_equal(decode_png(encode_png(mask)), mask)
+
+
+def test_placing_writes_only_the_box() -> None:
+    raw = np.ones((64, 64), np.float32)
+    mask = place_mask(raw, (0, 0, 100, 3), width=100, height=5)  # shrunk one way: PIL's path
+    assert mask is not None and mask[:3].all() and not mask[3:].any()

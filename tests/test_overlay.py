@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.steps.overlay import FILL_OPACITY, PALETTE, colour, draw_overlay, overlay_png
+from app.steps.masks import LIBPNG_MAX_SIDE
+from app.steps.overlay import (
+    BAND_PIXELS,
+    FILL_OPACITY,
+    PALETTE,
+    colour,
+    draw_overlay,
+    overlay_png,
+)
 
 GREY = 128
 
@@ -239,3 +247,36 @@ def test_the_playground_draws_with_the_same_colours() -> None:
         .split()
     ]
     assert [tuple(numbers[i : i + 3]) for i in range(0, len(numbers), 3)] == list(PALETTE)
+
+
+@pytest.mark.parametrize("size", [(LIBPNG_MAX_SIDE + 1, 2), (2, LIBPNG_MAX_SIDE + 1)])
+def test_png_past_libpngs_limit(size: tuple[int, int]) -> None:
+    """OpenCV's PNG writer refuses such sides; an in-process caller's image may have them."""
+    width, height = size
+    obj = Found("x", (0, 0, width, height), np.ones((height, width), bool), 0.5)
+    decoded = Image.open(io.BytesIO(overlay_png(grey(width, height), [obj])))
+    assert decoded.size == size and decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded), draw_overlay(grey(width, height), [obj]))
+
+
+def _random_image(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    pixels = np.random.default_rng(2).integers(0, 256, (height, width, 3), np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "RGBA"])
+def test_every_band_of_rows_is_copied(mode: str) -> None:
+    width, height = 1000, 3 * BAND_PIXELS // 1000 + 7  # three bands and a bit
+    image = _random_image(width, height, mode)
+    assert np.array_equal(draw_overlay(image, []), np.asarray(image.convert("RGB")))
+
+
+def test_every_band_of_rows_is_tinted() -> None:
+    width, height = 1000, 3 * BAND_PIXELS // 1000 + 7
+    image = _random_image(width, height)
+    box = (0, 0, width, height)
+    out = draw_overlay(image, [Found("x", box, rect_mask(box, width, height), None)])
+    under = np.asarray(image).astype(float)
+    expected = np.round(under * (1 - FILL_OPACITY) + np.asarray(colour(0)) * FILL_OPACITY)
+    inside = (slice(50, height - 50), slice(50, width - 50))  # clear of outline, frame and tag
+    assert np.abs(out[inside] - expected[inside]).max() <= 1
