@@ -8,14 +8,21 @@ import sys
 from typing import NoReturn
 
 from app.cli.command import build_parser
-from app.config import get_settings
+from app.config import SettingsError, get_settings
 from app.runtime.blas import find_openblas, preload_environment
 from app.runtime.device import gpu_backend
+
+EXIT_BAD_SETTINGS = 78  # EX_CONFIG (sysexits.h): a SEGMENT_* value is unusable; fix, then restart
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except SettingsError as exc:  # one plain line per bad value, no traceback
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
     if args.command == "segment" and args.server:  # a client of a running service: no MLX here
         from app.cli.command import segment_command
 

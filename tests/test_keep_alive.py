@@ -11,11 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
-from app.config import Settings
-from app.keep_alive import keep_alive_seconds
+from app.config import Settings, keep_alive_seconds
+from scripts.harness import local_client, tiny_settings, wait_healthy
 from tests.fake_model import fake_service
 from tests.images import gradient, image_bytes
-from tests.service import local_client, tiny_settings, wait_healthy
 
 PNG = image_bytes(gradient(64, 48))
 
