@@ -1,8 +1,8 @@
 """`GET /`: the playground page for browsers, a JSON welcome for every other client.
 
-The page is plain files in app/static (HTML, CSS, one JavaScript module): no build step, no
-CDN, so it works with no network at all. It is sent with a Content-Security-Policy that lets it
-load and call nothing but this service.
+The page is plain files in app/api/static (HTML, CSS, one JavaScript module): no build step, no
+CDN, so it works with no network at all. app/api/headers.py gives it (and every other page) a
+Content-Security-Policy that lets it load and call nothing but this service.
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
-)
 
 
 def wants_html(request: Request) -> bool:
@@ -34,13 +29,7 @@ def install_playground(app: FastAPI) -> None:
     async def root(request: Request) -> Response:
         """The playground in a browser; a short JSON description of the service otherwise."""
         if wants_html(request):
-            return FileResponse(
-                STATIC / "index.html",
-                headers={
-                    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-                    "Cache-Control": "no-cache",
-                },
-            )
+            return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
         return JSONResponse(welcome(app))
 
     @app.get("/favicon.ico", include_in_schema=False)

@@ -1,0 +1,54 @@
+"""Security headers on every response: `nosniff` everywhere, a same-origin CSP on every page.
+
+Set in one place, on the way out, so no page can be served without them: not the playground
+under /static/, not the API docs, not an error page. A route that needs a different policy
+(the API docs) sets its own and is left alone.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Everything from this service, nothing from anywhere else; images may also be data:/blob:
+# URLs (the playground draws the upload and the overlay from them).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+# Pages link only to this service; a link followed elsewhere carries no Referer. Not
+# `no-referrer`: that makes a browser send `Origin: null` with a plain form POST, which the
+# access guard refuses as cross-origin.
+REFERRER_POLICY = "same-origin"
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: adds the headers to `http.response.start`, passes the rest."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])  # optional in ASGI; MutableHeaders needs it
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if headers.get("content-type", "").lower().startswith("text/html"):
+                    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                    headers.setdefault("Referrer-Policy", REFERRER_POLICY)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def install_headers(app: FastAPI) -> None:
+    """Call after every other `add_middleware`: the last added runs first, so the headers
+    reach the guards' own refusals too."""
+    app.add_middleware(SecurityHeaders)
