@@ -26,7 +26,8 @@ from PIL import Image
 
 from app.config import Settings, get_settings
 from app.errors import NotReady
-from app.pipeline import ImageBytes, ImageSource, Pipeline, SegmentOptions, SegmentResult
+from app.pipeline import Pipeline, SegmentResult
+from app.request import ImageInput, SegmentRequest
 from app.runtime.worker import Worker
 from app.steps.masks import MaskFormat
 
@@ -73,16 +74,28 @@ class Segmenter:
         mask_format: MaskFormat = "none",
         overlay: bool = False,
         max_new_tokens: int | None = None,
+        model_id: str | None = None,
     ) -> SegmentResult:
         """Objects in `image` (a path, encoded bytes, or an upright PIL image) for `prompt`.
 
         Each object's `mask` is a bool numpy array the size of the image; `mask_format` adds an
-        encoded copy (`encoded_mask`) as the service would send it.
+        encoded copy (`encoded_mask`) as the service would send it. `model_id` picks another
+        installed checkpoint (default SEGMENT_MODEL).
         """
-        options = SegmentOptions(
-            prompt=prompt, mask_format=mask_format, overlay=overlay, max_new_tokens=max_new_tokens
+        return self.run(
+            SegmentRequest(
+                prompt=prompt,
+                image=as_image(image),
+                mask_format=mask_format,
+                overlay=overlay,
+                max_new_tokens=max_new_tokens,
+                model_id=model_id,
+            )
         )
-        return self._call(self.pipeline.run(as_source(image), options))
+
+    def run(self, request: SegmentRequest) -> SegmentResult:
+        """One request as the service takes it (the CLI builds these)."""
+        return self._call(self.pipeline.run(request))
 
     def close(self) -> None:
         """Stop the worker thread and the event loop (idempotent)."""
@@ -108,10 +121,8 @@ class Segmenter:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
 
-def as_source(image: ImageLike) -> ImageSource:
+def as_image(image: ImageLike) -> ImageInput:
     """A path is read (its bytes are decoded exactly as an upload would be)."""
-    if isinstance(image, Image.Image):
+    if isinstance(image, Image.Image | bytes):
         return image
-    if isinstance(image, bytes):
-        return ImageBytes(image)
-    return ImageBytes(Path(image).expanduser().read_bytes())
+    return Path(image).expanduser().read_bytes()

@@ -5,7 +5,11 @@ the file layout, config keys, weight names, and tokenizer id order of a real Pal
 checkpoint, so loading and decoding code tested on it works on the real one. No torch and no
 network: numpy, safetensors and tokenizers only, in about a second.
 
-    python scripts/make_tiny_model.py models/paligemma2-tiny [--seed 0]
+    python scripts/make_tiny_model.py models/paligemma2-tiny [--seed 0] [--image-size 224]
+
+`--image-size` gives the model another input size (448 like the mix-448 checkpoints: four
+times the image tokens), so code that must take per-model facts from the right checkpoint can
+be tested with two of them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from tokenizers.models import BPE
 
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 256, as in the real 224 checkpoints
 TEXT = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -106,7 +109,11 @@ def build_tokenizer(base_vocab: int = BASE_VOCAB, vocab_size: int = VOCAB_SIZE) 
     return tok
 
 
-def build_config() -> dict[str, Any]:
+def image_tokens(image_size: int) -> int:
+    return (image_size // PATCH_SIZE) ** 2
+
+
+def build_config(image_size: int = IMAGE_SIZE) -> dict[str, Any]:
     """config.json in the real checkpoint's layout (float32 here, bfloat16 there)."""
     text = {
         **TEXT,
@@ -124,17 +131,17 @@ def build_config() -> dict[str, Any]:
         "max_position_embeddings": 8192,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
-        "num_image_tokens": NUM_IMAGE_TOKENS,
+        "num_image_tokens": image_tokens(image_size),
         "torch_dtype": "float32",
     }
     vision = {
         **VISION,
         "model_type": "siglip_vision_model",
-        "image_size": IMAGE_SIZE,
+        "image_size": image_size,
         "patch_size": PATCH_SIZE,
         "num_channels": 3,
-        "num_image_tokens": NUM_IMAGE_TOKENS,
-        "num_positions": NUM_IMAGE_TOKENS,
+        "num_image_tokens": image_tokens(image_size),
+        "num_positions": image_tokens(image_size),
         "projection_dim": TEXT["hidden_size"],
         "hidden_act": "gelu_pytorch_tanh",
         "layer_norm_eps": 1e-6,
@@ -165,7 +172,7 @@ def weight_shapes(
     text: dict[str, int] = TEXT,
     vision: dict[str, int] = VISION,
     vocab_size: int = VOCAB_SIZE,
-    num_positions: int = NUM_IMAGE_TOKENS,
+    num_positions: int = (IMAGE_SIZE // PATCH_SIZE) ** 2,
     patch_size: int = PATCH_SIZE,
 ) -> dict[str, tuple[int, ...]]:
     """Original HF PaliGemma names and PyTorch layouts; no lm_head (tied to embed_tokens).
@@ -212,11 +219,12 @@ def weight_shapes(
     return shapes
 
 
-def build_weights(seed: int = 0) -> dict[str, np.ndarray]:
+def build_weights(seed: int = 0, image_size: int = IMAGE_SIZE) -> dict[str, np.ndarray]:
     """Deterministic small random float32 weights for every tensor of the real architecture."""
     rng = np.random.default_rng(seed)
     weights: dict[str, np.ndarray] = {}
-    for name, shape in sorted(weight_shapes().items()):  # sorted: same draws for the same seed
+    shapes = weight_shapes(num_positions=image_tokens(image_size))
+    for name, shape in sorted(shapes.items()):  # sorted: same draws for the same seed
         w = rng.standard_normal(shape, dtype=np.float32)
         if name.startswith("vision_tower") and "norm" in name:
             # SigLIP LayerNorm multiplies by w (ones-ish); a small bias still tests its mapping.
@@ -276,18 +284,21 @@ def write_processor_files(out_dir: Path, image_size: int, tokenizer: Tokenizer) 
     )
 
 
-def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: Path, *, seed: int = 0, image_size: int = IMAGE_SIZE) -> Path:
     """Write a tiny random-weight PaliGemma 2 (real architecture) + out_dir/vae-oid.npz.
 
-    Returns out_dir. Same seed, same bytes: tests and golden files can rely on it.
+    Returns out_dir. Same seed and size, same bytes: tests and golden files can rely on it.
     """
+    if image_size <= 0 or image_size % PATCH_SIZE:
+        raise ValueError(f"--image-size must be a positive multiple of {PATCH_SIZE}")
     from scripts.random_vae import write_random_vae  # lazy: lets the CLI fix sys.path first
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "config.json", build_config())
-    write_processor_files(out_dir, IMAGE_SIZE, build_tokenizer())
-    save_file(build_weights(seed), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(out_dir / "config.json", build_config(image_size))
+    write_processor_files(out_dir, image_size, build_tokenizer())
+    weights = build_weights(seed, image_size)
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     write_random_vae(out_dir / "vae-oid.npz", seed=seed)
     return out_dir
 
@@ -297,8 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for all weights")
+    parser.add_argument(
+        "--image-size", type=int, default=IMAGE_SIZE, help="input pixels per side (224, 448)"
+    )
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.out_dir, seed=args.seed))
+    print(build_tiny_model(args.out_dir, seed=args.seed, image_size=args.image_size))
 
 
 if __name__ == "__main__":

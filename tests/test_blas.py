@@ -8,8 +8,8 @@ from typing import Literal
 
 import pytest
 
-from app.config import Settings
 from app.runtime.blas import MARKER, find_openblas, preload_environment
+from scripts.harness import AppProcess
 
 LIB = Path("/opt/lib/libopenblas.so")
 
@@ -41,11 +41,23 @@ def test_no_preload(
     assert preload_environment(environ, platform, library, mode) is None
 
 
-def test_the_setting_is_what_decides() -> None:
-    """SEGMENT_BLAS reaches `python -m app` through Settings, like every other setting."""
-    assert Settings(blas="bundled").blas == "bundled"  # type: ignore[call-arg]
-    env = preload_environment({"SEGMENT_BLAS": "bundled"}, "linux", LIB, "auto")
-    assert env is not None  # the environment alone no longer decides
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the OpenBLAS preload is Linux-only")
+@pytest.mark.parametrize("setting", ["auto", "bundled"])
+def test_the_setting_is_what_decides(setting: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`python -m app` with SEGMENT_BLAS=auto re-executes itself with OpenBLAS preloaded;
+    with SEGMENT_BLAS=bundled it runs as it was started."""
+    server = AppProcess(tiny_model_dir, tmp_path / "server.log", env={"SEGMENT_BLAS": setting})
+    try:
+        server.wait_healthy()
+        environment = server.environment()
+    finally:
+        server.stop()
+    preloaded = "openblas" in environment.get("LD_PRELOAD", "")
+    assert preloaded == (setting == "auto"), environment.get("LD_PRELOAD")
+    assert (MARKER in environment) == (setting == "auto")
+    log = (tmp_path / "server.log").read_text()
+    assert ("CPU BLAS: OpenBLAS preloaded" in log) == (setting == "auto"), log
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the OpenBLAS preload is Linux-only")

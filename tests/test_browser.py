@@ -1,8 +1,8 @@
 """The playground and the API docs in a real headless Chromium (Debian's chromium and
 chromium-driver; .ci/run installs them), against the tiny-model service on a loopback port.
 
-Each test saves a screenshot under build/test-artifacts/ and fails on a console error or on
-any request to a host other than the service.
+Each test saves a screenshot under build/test-artifacts/ and fails on a console error, on a
+Content-Security-Policy violation, or on any request to a host other than the service.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.api.app import create_app
-from tests.service import ROOT, live_server, tiny_settings
+from app.api.docs import REDOC_CONTENT_SECURITY_POLICY
+from app.api.headers import CONTENT_SECURITY_POLICY
+from scripts.harness import ROOT, live_server, tiny_settings, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,7 @@ from selenium import webdriver  # noqa: E402 - only once the browser is known to
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -78,15 +80,8 @@ def demo(tiny_model_dir: Path) -> Iterator[str]:
     with live_server(create_app(tiny_settings(tiny_model_dir))) as url:
         # Healthy first: a page loaded during start-up sees /health answer 503, which the
         # browser logs as a failed load (the page then polls until ready).
-        wait_until_healthy(url)
+        wait_healthy(url)
         yield url
-
-
-def wait_until_healthy(url: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while httpx.get(f"{url}/health", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "the service did not become healthy"
-        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)
@@ -114,11 +109,20 @@ def requested_urls(driver: WebDriver) -> list[str]:
 
 
 def assert_clean(driver: WebDriver, origin: str) -> None:
-    """No console error, no request to any host but the service (data:/blob: stay local)."""
-    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    """No console error or CSP report, no request to any host but the service (data:/blob: stay
+    local)."""
+    console = driver.get_log("browser")
+    errors = [e for e in console if e["level"] == "SEVERE" or "Content Security Policy" in str(e)]
     assert not errors, errors
     foreign = [u for u in requested_urls(driver) if not u.startswith((origin, "data:", "blob:"))]
     assert not foreign, foreign
+
+
+def assert_policy(url: str, policy: str) -> None:
+    """The page came with `policy` (so a clean console means it runs under it)."""
+    response = httpx.get(url, headers={"accept": "text/html"}, timeout=5)
+    assert response.status_code == 200
+    assert response.headers.get("content-security-policy") == policy
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:
@@ -189,7 +193,7 @@ def test_the_page_asks_for_the_token_when_one_is_set(
 ) -> None:
     app = create_app(tiny_settings(tiny_model_dir, api_token="s3cret"))
     with live_server(app) as url:
-        wait_until_healthy(url)
+        wait_healthy(url)
         driver.get(f"{url}/")
         wait(driver, lambda d: by_id(d, "health").text.startswith("Ready"), "never ready")
         by_id(driver, "image-input").send_keys(str(scene(tmp_path / "a.jpg", 320, 240)))
@@ -209,13 +213,66 @@ def test_the_page_asks_for_the_token_when_one_is_set(
         driver.execute_script("sessionStorage.clear()")
 
 
+@pytest.mark.parametrize("path", ["/", "/static/index.html"])
+def test_playground_runs_under_the_policy(driver: WebDriver, demo: str, path: str) -> None:
+    driver.get(f"{demo}{path}")
+    wait(driver, lambda d: by_id(d, "health").text.startswith("Ready"), "service never ready")
+    assert_clean(driver, demo)
+    assert_policy(f"{demo}{path}", CONTENT_SECURITY_POLICY)
+
+
 @pytest.mark.parametrize(
-    ("path", "ready"),
-    [("/docs", ".opblock"), ("/redoc", "[data-section-id]")],
+    ("path", "ready", "policy"),
+    [
+        ("/docs", ".opblock-post", CONTENT_SECURITY_POLICY),
+        ("/redoc", "[data-section-id]", REDOC_CONTENT_SECURITY_POLICY),
+    ],
 )
-def test_api_docs_render_offline(driver: WebDriver, demo: str, path: str, ready: str) -> None:
+def test_api_docs_render_offline(
+    driver: WebDriver, demo: str, path: str, ready: str, policy: str
+) -> None:
+    """Under their Content-Security-Policy: a violation shows in the console (assert_clean)."""
     driver.get(f"{demo}{path}")
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ready), f"{path} did not render")
-    assert "/segment" in driver.find_element(By.TAG_NAME, "body").text
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert "/segment" in body
+    assert "PaliGemma segmentation" in body  # the API's title
     screenshot(driver, path.strip("/"))
     assert_clean(driver, demo)
+    assert_policy(f"{demo}{path}", policy)
+
+
+def test_redoc_search_runs_in_its_worker(driver: WebDriver, demo: str) -> None:
+    """ReDoc searches in a Worker made from a blob: URL; blocked, it finds nothing, silently."""
+    driver.get(f"{demo}/redoc")
+    search = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input.search-input"), "")
+    search[0].send_keys("segment")
+    results = "[data-role='search:results'] > *"
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, results), "search found nothing")
+    assert_clean(driver, demo)
+
+
+def test_swagger_try_it_out_calls_the_service(driver: WebDriver, demo: str, tmp_path: Path) -> None:
+    """`connect-src 'self'` lets Swagger UI fetch /openapi.json and send /segment."""
+    driver.get(f"{demo}/docs")
+    operation = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-post"), "")[0]
+    operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait(driver, lambda d: operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"), "")[0].click()
+    content_type = operation.find_element(By.CSS_SELECTOR, ".body-param-content-type select")
+    content_type.find_element(By.CSS_SELECTOR, "option[value='multipart/form-data']").click()
+    # Swagger fills every text field with its example, "string": an image_url would then
+    # compete with the upload. Emptied, a field is sent empty, which means "not given".
+    for box in operation.find_elements(By.CSS_SELECTOR, "[data-property-name] input[type=text]"):
+        if box.get_attribute("value") == "string":
+            box.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+    field = "[data-property-name='{}'] input"
+    operation.find_element(By.CSS_SELECTOR, field.format("prompt")).send_keys("cat")
+    image = operation.find_element(By.CSS_SELECTOR, field.format("image_file"))
+    image.send_keys(str(scene(tmp_path / "swagger.jpg", 320, 240)))
+    operation.find_element(By.CSS_SELECTOR, ".execute").click()
+    status = ".live-responses-table tr.response .response-col_status"
+    wait(driver, lambda d: operation.find_elements(By.CSS_SELECTOR, status), "no response")
+    assert operation.find_element(By.CSS_SELECTOR, status).text.strip() == "200"
+    screenshot(driver, "docs-try-it-out")
+    assert_clean(driver, demo)
+    assert_policy(f"{demo}/docs", CONTENT_SECURITY_POLICY)

@@ -18,8 +18,8 @@ from pycocotools.coco import COCO
 from app.api.app import create_app
 from app.cli.command import build_parser, segment_command
 from app.steps.masks import decode_png
+from scripts.harness import ROOT, live_server, tiny_settings
 from tests.images import gradient, image_bytes
-from tests.service import ROOT, live_server, tiny_settings
 
 
 def run_cli(argv: list[str], settings: Any) -> int:

@@ -15,15 +15,16 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
-from app.model.grammar import RANDOM_MODEL_MIN_BOX, OutputGrammar
+from app.model.demo import MIN_BOX, demo_objects
+from app.model.grammar import OutputGrammar
+from app.model.messages import DecodedObject, ModelOutput, ModelRequest
 from app.model.paligemma import PaliGemma
+from app.model.runner import Runner
 from app.model.vocab import TokenLayout, Vocabulary
-from app.runtime.pool import SegmentationModel
-from app.runtime.worker import ModelRequest
 from app.steps.prompts import split_task_prompt
 from app.steps.tokens import parse_text
+from scripts.harness import tiny_settings
 from scripts.scripted_output import ScriptedOutput
-from tests.service import tiny_settings
 
 
 def locs(*values: int) -> str:
@@ -142,16 +143,13 @@ def test_end_only_at_an_object_boundary_and_boxes_are_not_empty(tokenizer, vocab
 def test_random_weights_write_one_object_per_class(tokenizer, vocabulary) -> None:  # type: ignore[no-untyped-def]
     word = tokenizer.convert_tokens_to_ids("▁the")
     grammar = OutputGrammar(
-        vocabulary,
-        task="segment",
-        classes=["cat", "dog"],
-        random_weights=True,
+        vocabulary, task="segment", classes=["cat", "dog"], policy=demo_objects(2)
     )
     objects = parse_text(decoded(tokenizer, drive(grammar, lambda _: word, len(tokenizer), 120)))
     assert len(objects) == 2
     for obj in objects:
         y0, x0, y1, x1 = obj.loc
-        assert y1 - y0 >= RANDOM_MODEL_MIN_BOX and x1 - x0 >= RANDOM_MODEL_MIN_BOX
+        assert y1 - y0 >= MIN_BOX and x1 - x0 >= MIN_BOX
         assert obj.codes is not None and obj.label in ("cat", "dog")
 
 
@@ -184,14 +182,30 @@ def test_forced_valid_output_gives_identical_ids_with_and_without_the_grammar(
     assert [p.prob for p in constrained.pieces] == pytest.approx([p.prob for p in free.pieces])
 
 
+def run(runner: Runner, image: Image.Image, prompt: str) -> tuple[list[DecodedObject], str]:
+    """A request's objects and its text, straight from the runner (no worker)."""
+    events = list(runner.run(ModelRequest(image, prompt, 200, runner.name), lambda: False))
+    *objects, output = events
+    assert isinstance(output, ModelOutput)
+    return [o for o in objects if isinstance(o, DecodedObject)], output.text
+
+
+def load_runner(tiny_model_dir: Path, **settings: object) -> Runner:
+    return Runner.load(
+        "tiny",
+        tiny_model_dir,
+        tiny_settings(tiny_model_dir, warmup=False, **settings),
+        random_weights=True,
+    )
+
+
 def test_random_model_always_gives_a_well_formed_object(tiny_model_dir: Path) -> None:
-    side = SegmentationModel(tiny_settings(tiny_model_dir, warmup=False))
-    side.load()
+    runner = load_runner(tiny_model_dir)
     for seed, prompt in enumerate(["segment cat", "segment left wheel ; dog", "detect car"]):
         task, classes = split_task_prompt(prompt)
-        output = side.run(ModelRequest(noise(seed), prompt, 200), lambda: False)
-        assert len(output.objects) == len(classes), output.text  # one per class, then the end
-        for obj in output.objects:
+        objects, text = run(runner, noise(seed), prompt)
+        assert len(objects) == len(classes), text  # one per class, then the end
+        for obj in objects:
             assert obj.label in classes
             assert (obj.raw_mask is not None) == (task == "segment")
             # Forced tokens: the random model itself gave them almost no probability.
@@ -199,6 +213,5 @@ def test_random_model_always_gives_a_well_formed_object(tiny_model_dir: Path) ->
 
 
 def test_constraining_can_be_turned_off(tiny_model_dir: Path) -> None:
-    side = SegmentationModel(tiny_settings(tiny_model_dir, warmup=False, constrained=False))
-    side.load()
-    assert side.grammar("segment cat") is None
+    runner = load_runner(tiny_model_dir, constrained=False)
+    assert runner.grammar("segment cat") is None

@@ -12,7 +12,7 @@ from app.model.dtype_policy import choose_float32
 from app.runtime.blas import preload_environment
 from app.runtime.device import NoGpu, choose_device, gpu_backend, use_device
 from app.runtime.worker import Worker
-from tests.service import local_client, tiny_settings, wait_healthy
+from scripts.harness import local_client, tiny_settings, wait_healthy
 
 LIB = Path("/opt/lib/libopenblas.so")
 GB = 1024**3
@@ -68,10 +68,10 @@ def test_a_missing_gpu_is_a_clear_health_reason_without_a_traceback(
     tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from app.api.app import create_app
-    from app.runtime.pool import SegmentationModel
+    from app.runtime.pool import RunnerPool
 
     settings = tiny_settings(tiny_model_dir, device="gpu", warmup=False)
-    worker = Worker(SegmentationModel(settings), max_queue=1, request_timeout_s=10)
+    worker = Worker(RunnerPool(settings), max_queue=1, request_timeout_s=10)
     with local_client(create_app(settings, worker)) as client:
         with pytest.raises(AssertionError):
             wait_healthy(client, timeout_s=30)

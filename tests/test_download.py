@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import numpy as np
 import pytest
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+from safetensors.numpy import save_file
 
 from app.runtime import download
 from app.runtime.download import DownloadError, download_model, download_vae, is_complete
@@ -17,12 +19,20 @@ from scripts import download_models
 REPO = "mlx-community/paligemma2-3b-mix-448-8bit"
 
 
+def write_checkpoint(directory: Path, shards: tuple[str, ...] = ("model.safetensors",)) -> None:
+    """The files a checkpoint needs to count as whole, with toy contents."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text('{"model_type": "paligemma"}')
+    (directory / "preprocessor_config.json").write_text('{"size": {"height": 224}}')
+    (directory / "tokenizer.json").write_text("{}")
+    for shard in shards:
+        save_file({"w": np.zeros((4, 4), np.float32)}, directory / shard)
+
+
 def _fake_snapshot(calls: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
     def snapshot_download(repo_id: str, *, local_dir: Path, **kwargs: Any) -> str:
         calls.append({"repo_id": repo_id, "local_dir": Path(local_dir), **kwargs})
-        Path(local_dir).mkdir(parents=True, exist_ok=True)
-        (Path(local_dir) / "config.json").write_text("{}")
-        (Path(local_dir) / "model.safetensors").write_bytes(b"weights")
+        write_checkpoint(Path(local_dir))
         return str(local_dir)
 
     return snapshot_download
@@ -101,12 +111,15 @@ def test_offline_the_real_hub_client_fails_with_a_clear_message(tmp_path: Path) 
 
 
 def test_an_interrupted_sharded_download_is_not_complete(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
-    index = {"weight_map": {"a": "model-00001.safetensors", "b": "model-00002.safetensors"}}
+    shards = ("model-00001.safetensors", "model-00002.safetensors")
+    write_checkpoint(tmp_path, shards[:1])
+    index = {"weight_map": {"a": shards[0], "b": shards[1]}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    (tmp_path / "model-00001.safetensors").write_bytes(b"")
-    assert not is_complete(tmp_path)
-    (tmp_path / "model-00002.safetensors").write_bytes(b"")
+    assert not is_complete(tmp_path)  # a shard missing
+    whole = (tmp_path / shards[0]).read_bytes()
+    (tmp_path / shards[1]).write_bytes(whole[:-10])
+    assert not is_complete(tmp_path)  # a shard cut short
+    (tmp_path / shards[1]).write_bytes(whole)
     assert is_complete(tmp_path)
 
 

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.steps.fetch import UrlPolicy
+from scripts.harness import local_client, wait_healthy
 from tests.fake_model import fake_service
 from tests.images import gradient, image_bytes
-from tests.service import local_client, wait_healthy
 
 PNG = image_bytes(gradient(32, 24))
 seen_hosts: list[str] = []

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from app.api.app import create_app
-from tests.service import live_server, tiny_settings
+from scripts.harness import live_server, tiny_settings
 
 pytestmark = pytest.mark.slow  # starts a server process or a live server
 

@@ -17,10 +17,10 @@ from app.model.vae import MaskDecoder
 from app.runtime.pool import create_worker
 from app.steps.masks import decode_rle
 from app.steps.objects import objects_from_text
+from scripts.harness import local_client, tiny_settings, wait_healthy
 from scripts.random_vae import write_random_vae
 from scripts.scripted_output import ScriptedOutput
 from tests.images import gradient, image_bytes
-from tests.service import local_client, tiny_settings, wait_healthy
 
 GOLDEN = Path(__file__).parent / "data" / "golden_objects.npz"
 # Masks are thresholded decoder outputs: another backend (Metal) may flip a pixel that sits

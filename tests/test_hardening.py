@@ -21,10 +21,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.runtime.worker import ModelRequest
+from app.errors import ClientGone
+from app.model.messages import ModelRequest
+from scripts.harness import live_server, local_client, wait_healthy
 from tests.fake_model import FakeService, Hold, fake_service
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
-from tests.service import live_server, local_client, wait_healthy
 
 PNG = image_bytes(gradient(64, 48))
 
@@ -418,24 +419,29 @@ def test_a_failure_inside_the_model_is_a_500_with_a_request_id_and_the_next_requ
 
 
 def test_a_departed_client_stops_its_generation(fake: FakeService) -> None:
-    """Cancelling the awaiting request (what a disconnect does) stops the job on the worker."""
+    """The client leaving (the server receives its disconnect) cancels the request: the job on
+    the worker stops, the counts go back to zero, and the worker takes the next one."""
     import asyncio
 
-    from app.api.app import _unless_disconnected
+    from app.api.routes import unless_client_leaves
 
     hold = Hold()
     fake.model.enqueue(hold)
+    request = ModelRequest(Image.new("RGB", (4, 4)), "x", 4, fake.model.name)
 
     class GoneRequest:
-        async def is_disconnected(self) -> bool:
-            return hold.started.is_set()
+        async def receive(self) -> dict[str, str]:
+            await asyncio.to_thread(hold.started.wait, 5)
+            return {"type": "http.disconnect"}
+
+    async def answer() -> list[object]:
+        async with fake.worker.submit(request) as events:
+            return [event async for event in events]
 
     async def scenario() -> None:
         await fake.worker.wait_ready()
-        with pytest.raises(Exception, match="closed the connection"):
-            await _unless_disconnected(
-                GoneRequest(), fake.worker.submit(ModelRequest(Image.new("RGB", (4, 4)), "x", 4))
-            )  # type: ignore[arg-type]
+        with pytest.raises(ClientGone, match="closed the connection"):
+            await unless_client_leaves(GoneRequest(), answer())  # type: ignore[arg-type]
         assert await asyncio.to_thread(hold.cancelled.wait, 5)
         for _ in range(500):  # the job leaves the thread right after it sees the cancel
             if fake.worker.status().running == 0:
@@ -443,8 +449,7 @@ def test_a_departed_client_stops_its_generation(fake: FakeService) -> None:
             await asyncio.sleep(0.01)
         status = fake.worker.status()
         assert (status.waiting, status.running) == (0, 0)
-        # The worker is free again.
-        await fake.worker.submit(ModelRequest(Image.new("RGB", (4, 4)), "x", 4))
+        assert len(await answer()) == 1  # the worker is free again: the next one is answered
         await fake.worker.close()
 
     asyncio.run(scenario())

@@ -14,9 +14,9 @@ from transformers import AutoTokenizer
 
 from app.api.app import create_app
 from app.runtime.pool import create_worker
+from scripts.harness import local_client, tiny_settings, wait_healthy
 from scripts.scripted_output import ScriptedOutput
 from tests.images import gradient, image_bytes
-from tests.service import local_client, tiny_settings, wait_healthy
 
 PNG = image_bytes(gradient(160, 120))
 CAT = "<loc0100><loc0200><loc0600><loc0700>" + "".join(f"<seg{c:03d}>" for c in range(16)) + " cat"

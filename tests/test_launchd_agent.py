@@ -22,6 +22,7 @@ import pytest
 
 from app.api.server import GRACEFUL_SHUTDOWN_S
 from app.config import DEFAULT_MODEL, Settings
+from scripts.harness import free_port
 from scripts.launchd_agent import (
     LABEL,
     ROOT,
@@ -36,7 +37,6 @@ from scripts.launchd_agent import (
     uninstall,
     unload,
 )
-from tests.service import free_port
 
 UID = os.getuid()
 TARGET = service_target(UID)

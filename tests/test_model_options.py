@@ -82,13 +82,13 @@ def test_bfloat16_weights_widened_to_float32_give_the_same_greedy_output(
     tiny_model_dir: Path,
 ) -> None:
     half = PaliGemma.load(tiny_model_dir, dtype="checkpoint")
-    half.model.set_dtype(mx.bfloat16)
+    half.module.set_dtype(mx.bfloat16)
     in_half = [text for text, _ in generated(half, noise(6), "segment cat")]
-    assert apply_dtype_policy(half.model, "auto", "cpu") == "float32"
-    assert half.model.language_model.model.embed_tokens.weight.dtype == mx.float32
+    assert apply_dtype_policy(half.module, "auto", "cpu") == "float32"
+    assert half.module.language_model.model.embed_tokens.weight.dtype == mx.float32
     in_float32 = [text for text, _ in generated(half, noise(6), "segment cat")]
     assert in_float32 == in_half
-    assert apply_dtype_policy(half.model, "auto", "cpu").startswith("checkpoint (no half")
+    assert apply_dtype_policy(half.module, "auto", "cpu").startswith("checkpoint (no half")
 
 
 @pytest.mark.parametrize("prompt", ["segment cat", "detect left wheel ; tyre"])
@@ -109,14 +109,14 @@ def test_quantized_checkpoint_runs_and_widens(tiny_model_dir: Path) -> None:
     import mlx.nn as nn
 
     model = PaliGemma.load(tiny_model_dir, feature_cache=FeatureCache(2, 1 << 26))
-    model.model.set_dtype(mx.bfloat16)
+    model.module.set_dtype(mx.bfloat16)
     nn.quantize(
-        model.model,
+        model.module,
         group_size=64,
         bits=8,
         class_predicate=lambda _, m: hasattr(m, "to_quantized") and m.weight.shape[-1] % 64 == 0,
     )
-    assert isinstance(model.model.language_model.model.embed_tokens, nn.QuantizedEmbedding)
+    assert isinstance(model.module.language_model.model.embed_tokens, nn.QuantizedEmbedding)
     quantized = [text for text, _ in generated(model, noise(8), "segment cat")]
-    assert apply_dtype_policy(model.model, "auto", "cpu") == "float32"
+    assert apply_dtype_policy(model.module, "auto", "cpu") == "float32"
     assert [text for text, _ in generated(model, noise(8), "segment cat")] == quantized

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.config import Settings
+from scripts.harness import local_client, wait_healthy
 from scripts.make_tiny_model import build_tiny_model
 from tests.images import gradient, image_bytes
-from tests.service import local_client, wait_healthy
 
 PNG = image_bytes(gradient(64, 48))
 
@@ -81,11 +83,55 @@ def test_an_unknown_or_broken_model_is_an_error_for_that_request_only(client: Te
     unknown = segment(client, model_id="someone/else")
     assert unknown.status_code == 400
     assert "installed: local/tiny-a, local/broken, local/tiny-b" in unknown.json()["detail"]
-    segment(client)  # the default is resident
+    assert segment(client).status_code == 200  # the default is resident
     broken = segment(client, model_id="local/broken")
     assert broken.status_code == 503 and "not (completely) installed" in broken.json()["detail"]
     after = segment(client)
     assert after.status_code == 200 and "load" not in after.json()["timings_ms"]  # kept
+
+
+def broken_copies(models_dir: Path) -> dict[str, str]:
+    """Copies of tiny-b broken the ways a disk or a download breaks one; what the answer says."""
+    source = models_dir / "local" / "tiny-b"
+    cases = {
+        "cut-short": "cut short",  # a download stopped halfway through the weights
+        "bad-header": "impossible header",
+        "bad-config": "config.json",
+        "no-tokenizer": "tokenizer",
+        "wrong-arch": "could not be loaded",  # whole files that still do not load
+    }
+    for name in cases:
+        target = models_dir / "broken" / name
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    weights = (source / "model.safetensors").read_bytes()
+    (models_dir / "broken" / "cut-short" / "model.safetensors").write_bytes(weights[:-1000])
+    (models_dir / "broken" / "bad-header" / "model.safetensors").write_bytes(b"\xff" * 64)
+    (models_dir / "broken" / "bad-config" / "config.json").write_text("{not json")
+    (models_dir / "broken" / "no-tokenizer" / "tokenizer.json").unlink()
+    config = json.loads((source / "config.json").read_text())
+    config["text_config"]["hidden_size"] = 32  # the weights are 64 wide: loading them fails
+    (models_dir / "broken" / "wrong-arch" / "config.json").write_text(json.dumps(config))
+    return {f"broken/{name}": says for name, says in cases.items()}
+
+
+def test_a_broken_checkpoint_never_costs_the_resident_model(models_dir: Path) -> None:
+    """Each is a 503 naming the checkpoint and the problem; the default stays loaded (or, if
+    it had to be evicted before the failure showed, is loaded back) and answers at once."""
+    cases = broken_copies(models_dir)
+    try:
+        with serve(models_dir) as client:
+            wait_healthy(client)
+            for model_id, says in cases.items():
+                response = segment(client, model_id=model_id)
+                assert response.status_code == 503, response.text
+                detail = response.json()["detail"]
+                assert model_id in detail and says in detail, detail
+                assert listed(client)["local/tiny-a"]["loaded"], model_id
+                after = segment(client)
+                assert after.status_code == 200 and "load" not in after.json()["timings_ms"]
+            assert client.get("/health").json()["status"] == "ok"
+    finally:
+        shutil.rmtree(models_dir / "broken")
 
 
 def test_more_than_one_may_stay_loaded(models_dir: Path) -> None:

@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 
 from app.api.app import create_app
 from app.runtime.pool import create_worker
+from scripts.harness import live_server, tiny_settings, wait_healthy
 from scripts.scripted_output import ScriptedOutput
 from tests.images import gradient
-from tests.service import live_server, tiny_settings
 
 CAT = "<loc0100><loc0200><loc0600><loc0700>" + "".join(f"<seg{c:03d}>" for c in range(16)) + " cat"
 
@@ -29,8 +29,7 @@ def serve(tiny_model_dir: Path, compat: str) -> Iterator[str]:
     settings = tiny_settings(tiny_model_dir, compat=compat)
     worker = create_worker(settings, logits_processors=script.processors)
     with live_server(create_app(settings, worker)) as url:
-        while requests.get(f"{url}/health", timeout=5).status_code != 200:
-            pass
+        wait_healthy(url)
         yield url
 
 
@@ -53,6 +52,7 @@ def test_an_old_client_works_unchanged(seed_service: str, tmp_path: Path) -> Non
         data = {"prompt": "segment cat"}
         files = {"image_file": (os.path.basename(image_path), image_file, "image/jpeg")}
         response = requests.post(segm_url, files=files, data=data, timeout=60)
+    assert response.status_code == 200, response.text
     body = response.json()
     assert decode(body["image"]).shape[:2] == (150, 200)
     [first] = body["masks"]
@@ -81,8 +81,10 @@ def test_trailing_slash_and_google_model_id(seed_service: str) -> None:
 def test_without_compat_the_answer_stays_lean(tiny_model_dir: Path) -> None:
     for url in serve(tiny_model_dir, "none"):
         files = {"image_file": ("a.png", io.BytesIO(_png()), "image/png")}
-        body = requests.post(url + "/segment", data={"prompt": "cat"}, files=files, timeout=60)
-        assert "image" not in body.json() and "masks" not in body.json()
+        response = requests.post(url + "/segment", data={"prompt": "cat"}, files=files, timeout=60)
+        assert response.status_code == 200, response.text  # an error body lacks the keys too
+        body = response.json()
+        assert body["objects"] and "image" not in body and "masks" not in body
 
 
 def _png() -> bytes:

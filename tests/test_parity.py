@@ -137,7 +137,7 @@ def test_first_step_logits_match(
     ours: PaliGemma, inputs: dict[str, mx.array], reference_last_logits: np.ndarray
 ) -> None:
     """Same inputs, float32: last-position logits agree with transformers within 1e-4."""
-    logits = _mlx_last_logits(ours.model, inputs)
+    logits = _mlx_last_logits(ours.module, inputs)
     assert np.abs(reference_last_logits).max() > 0.1  # not a degenerate all-zero comparison
     assert _max_abs(logits, reference_last_logits) < LOGIT_TOLERANCE
 
@@ -179,7 +179,7 @@ def test_greedy_generation_matches(
     steps = list(
         generate_step(
             inputs["input_ids"],
-            ours.model,
+            ours.module,
             inputs["pixel_values"],
             inputs["mask"],
             max_tokens=NEW_TOKENS,
@@ -200,7 +200,7 @@ def test_greedy_generation_matches(
     text_ids = [t for t in expected if t not in stop_ids]
     generation = ours.generate(picture, prompt, max_new_tokens=NEW_TOKENS)
     assert generation.text == ours.tokenizer.decode(text_ids, skip_special_tokens=True)
-    assert generation.prompt_tokens == prompt_len
+    assert generation.record.prompt_tokens == prompt_len
 
 
 def test_image_scaling_trap_is_real_and_the_fix_closes_it(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service import ROOT
+from scripts.harness import ROOT
 
 SCRIPT = ROOT / "scripts" / "python_env.sh"
 TOOLS = ("mkdir", "cp", "rm", "cat", "sh", "make", "dirname")  # what the script and make use

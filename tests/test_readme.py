@@ -37,10 +37,8 @@ def test_curl_example_fields_are_the_api_fields() -> None:
     curl = README.split("```sh\ncurl", 1)[1].split("```", 1)[0]
     sent = set(re.findall(r"(?:-F|--form-string) \"?(\w+)=", curl))
     schema = create_app(Settings()).openapi()  # type: ignore[call-arg]
-    body_ref = schema["paths"]["/segment"]["post"]["requestBody"]["content"]["multipart/form-data"][
-        "schema"
-    ]["$ref"].rsplit("/", 1)[1]
-    fields = set(schema["components"]["schemas"][body_ref]["properties"])
+    content = schema["paths"]["/segment"]["post"]["requestBody"]["content"]
+    fields = set(content["multipart/form-data"]["schema"]["properties"])
     assert sent and sent <= fields
     documented = set(re.findall(r"^\| `(\w+)` \| (?:required|one of|optional)", README, flags=re.M))
     assert documented == fields
@@ -86,8 +84,8 @@ def test_streaming_example_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from app.api.app import create_app
+    from scripts.harness import live_server, tiny_settings
     from tests.images import gradient
-    from tests.service import live_server, tiny_settings
 
     code = README.split("```python\nimport json, requests", 1)[1].split("```", 1)[0]
     gradient(120, 90).save(tmp_path / "photo.jpg")

@@ -13,8 +13,8 @@ from PIL import Image
 from app.errors import NotAnImage, NotReady
 from app.segmenter import Segmenter
 from app.steps.masks import decode_png
+from scripts.harness import tiny_settings
 from tests.images import gradient, image_bytes
-from tests.service import tiny_settings
 
 
 @pytest.fixture(scope="module")

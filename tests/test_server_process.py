@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripts.harness import AppProcess
 from tests.images import gradient, image_bytes
-from tests.service import AppProcess
 
 pytestmark = pytest.mark.slow  # starts a server process or a live server
 

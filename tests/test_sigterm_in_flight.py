@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from app.api.server import GRACEFUL_SHUTDOWN_S
+from scripts.harness import AppProcess
 from tests.images import gradient, image_bytes
-from tests.service import AppProcess
 
 pytestmark = pytest.mark.slow  # starts a server process or a live server
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,9 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.config import Settings
 from app.steps.objects import DecodedObject
+from scripts.harness import live_server, local_client, tiny_settings, wait_healthy
 from tests.fake_model import Hold, fake_service
 from tests.images import gradient, image_bytes
-from tests.service import live_server, local_client, tiny_settings, wait_healthy
 
 PNG = image_bytes(gradient(320, 240))
 
@@ -149,3 +152,29 @@ def test_a_client_that_leaves_stops_the_generation() -> None:
         # The connection is closed: the worker must be told to stop.
         assert hold.cancelled.wait(10)
         assert httpx.get(f"{url}/health", timeout=5).json()["running"] == 0
+
+
+def test_a_client_that_leaves_mid_stream_leaves_no_task_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After the first line the client goes: the generation stops, and no task of the request
+    is left pending (asyncio logs "Task was destroyed but it is pending!" for such a one when
+    it is collected)."""
+    fake = fake_service(Settings(model="fake/model", warmup=False))  # type: ignore[call-arg]
+    cat = DecodedObject("cat", (100, 100, 600, 600), 0.9, np.ones((64, 64), np.float32))
+    for _ in range(3):
+        fake.model.enqueue(Hold(found=[cat]))
+    holds = list(fake.model.replies)
+    with caplog.at_level(logging.ERROR, logger="asyncio"), live_server(fake.app()) as url:
+        for hold in holds:
+            data = {"prompt": "cat", "stream": "true", "mask_format": "none"}
+            files = {"image_file": ("a.png", PNG)}
+            with httpx.stream("POST", f"{url}/segment", data=data, files=files, timeout=10) as r:
+                assert json.loads(next(r.iter_lines()))["type"] == "object"
+            assert isinstance(hold, Hold) and hold.cancelled.wait(10)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/health", timeout=5).json()["running"]:
+            assert time.monotonic() < deadline, "the worker never went idle"
+            time.sleep(0.02)
+        gc.collect()
+    assert "Task was destroyed" not in caplog.text, caplog.text

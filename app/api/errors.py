@@ -1,11 +1,13 @@
-"""The one place errors become JSON `{"detail": ...}`, each response tagged with a request id."""
+"""Errors on the wire: `app.errors.report` turned into a JSON response (`{"detail": ...}`), from
+the exception handlers and from the ASGI guards that answer before routing; and the request id
+every response carries.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import uuid
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,12 +15,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings
-from app.errors import ServiceError
+from app.errors import ErrorReport, ProtocolError, ServiceError, TooLarge, report
+from app.request import problem
 
 log = logging.getLogger("app")
 
-_UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI's words for a broken form
+_UNPARSABLE_BODY = "There was an error parsing the body"  # Starlette's words for a broken form
 
 
 class RequestId:
@@ -49,69 +51,69 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
-def install_error_handlers(app: FastAPI, settings: Settings) -> None:
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        log.info("request %s -> %d: %s", request_id_of(request), exc.status_code, exc.detail)
-        return _json(request, exc.status_code, exc.detail, exc.headers)
+def install_error_handlers(app: FastAPI) -> None:
+    """Every exception a route raises is answered through `report`, the one mapping."""
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        detail, headers = str(exc.detail), dict(exc.headers or {})
+    @app.exception_handler(Exception)
+    async def any_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(domain_error(exc), request_id_of(request))
+
+    # Starlette routes these to the most specific handler, so name them too.
+    app.exception_handler(HTTPException)(any_error)
+    app.exception_handler(RequestValidationError)(any_error)
+    app.exception_handler(ServiceError)(any_error)
+
+
+def domain_error(exc: BaseException) -> BaseException:
+    """The framework's own refusals as the domain errors they mean; others as they are."""
+    if isinstance(exc, RequestValidationError):
+        problems = "; ".join(
+            problem(e["loc"][1:], e["type"], e.get("ctx"), e["msg"]) for e in exc.errors()
+        )
+        return ProtocolError(422, f"Invalid request: {problems}")
+    if isinstance(exc, HTTPException):
         if exc.status_code == 413:
-            detail = too_large_detail(settings.max_upload_bytes)
-            headers["Connection"] = "close"  # don't drain the rest of a huge upload
-        elif detail == _UNPARSABLE_BODY:
+            return TooLarge(str(exc.detail))
+        detail = str(exc.detail)
+        if detail == _UNPARSABLE_BODY:
             detail = (
                 "The form could not be parsed: send multipart/form-data (or "
                 "application/x-www-form-urlencoded) with UTF-8 text fields."
             )
-        return _json(request, exc.status_code, detail, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _json(request, 422, "Invalid request: " + "; ".join(map(_problem, exc.errors())))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        rid = request_id_of(request)
-        log.error("request %s failed", rid, exc_info=exc)
-        return _json(request, 500, f"Internal error (request id {rid}); the log has the details.")
+        return ProtocolError(exc.status_code, detail, dict(exc.headers or {}))
+    return exc
 
 
-def _problem(error: dict[str, Any]) -> str:
-    field = ".".join(str(part) for part in error["loc"][1:]) or "body"
-    if error["type"] == "missing":
-        return f"{field} is missing or empty; it is required."
-    return f"{field}: {error['msg']}."
+def logged_report(error: BaseException, request_id: str) -> ErrorReport:
+    """`report`, logged once: a line for an expected refusal, the traceback for a bug."""
+    answer = report(error, request_id)
+    if answer.expected:
+        log.info("request %s -> %d: %s", request_id, answer.status, answer.detail)
+    else:
+        log.error("request %s failed", request_id, exc_info=error)
+    return answer
+
+
+def error_response(error: BaseException, request_id: str) -> JSONResponse:
+    answer = logged_report(error, request_id)
+    # Set here too: a 500 is answered outside the middleware, by Starlette's outermost layer.
+    headers = {**answer.headers, "X-Request-ID": request_id, "X-Content-Type-Options": "nosniff"}
+    if answer.status == 413:
+        headers["Connection"] = "close"  # don't drain the rest of a huge upload
+    return JSONResponse({"detail": answer.detail}, status_code=answer.status, headers=headers)
+
+
+async def send_error(scope: Scope, send: Send, error: ServiceError) -> None:
+    """A refusal straight from ASGI middleware, before any route runs."""
+    answer = logged_report(error, scope.get("state", {}).get("request_id", "-"))
+    body = json.dumps({"detail": answer.detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
+    if answer.status == 413:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", "-")
-
-
-def _json(
-    request: Request, status: int, detail: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"detail": detail},
-        status_code=status,
-        # Set here too: a 500 is answered outside RequestId, by Starlette's outermost layer.
-        headers={**(headers or {}), "X-Request-ID": request_id_of(request)},
-    )
-
-
-def too_large_detail(max_upload_bytes: int) -> str:
-    return (
-        f"The request body is larger than the {max_upload_bytes:,}-byte upload limit "
-        "(SEGMENT_MAX_UPLOAD_BYTES); send a smaller image."
-    )
-
-
-async def send_json(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:
-    """A JSON error straight from ASGI middleware, before any route runs."""
-    body = json.dumps({"detail": detail}).encode()
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})

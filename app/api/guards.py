@@ -1,4 +1,5 @@
-"""Who may call: Host header (DNS rebinding), browser Origin (cross-site posts), bearer token.
+"""Guards that answer before any route: who may call (Host header against DNS rebinding,
+browser Origin against cross-site posts, bearer token) and how big a body may be.
 
 A local service is reachable by every web page the user opens: a page can POST a form to
 127.0.0.1 without a CORS preflight, and a rebinding DNS name can make the browser send the
@@ -12,10 +13,11 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import send_json
+from app.api.errors import send_error
 from app.config import Settings
+from app.errors import Forbidden, ServiceError, TooLarge, Unauthorized, shorten
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -69,7 +71,7 @@ def token_ok(authorization: str | None, token: str) -> bool:
 
 
 class AccessGuard:
-    """ASGI middleware answering 403/401 in JSON before anything else runs."""
+    """ASGI middleware refusing strangers (403/401) before anything else runs."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -81,22 +83,17 @@ class AccessGuard:
         if scope["type"] == "http":
             refusal = self._refusal(scope)
             if refusal is not None:
-                status, detail, extra = refusal
-                await send_json(send, status, detail, extra)
+                await send_error(scope, send, refusal)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+    def _refusal(self, scope: Scope) -> ServiceError | None:
         headers = Headers(scope=scope)
         host = headers.get("host")
         if not host_allowed(host, self.allowed_hosts):
-            return (
-                403,
-                (
-                    f"Host {host!r} is not accepted. Call the service as localhost or "
-                    "127.0.0.1, or add the name to SEGMENT_ALLOWED_HOSTS."
-                ),
-                {},
+            return Forbidden(
+                f"Host {shorten(host or '')!r} is not accepted. Call the service as localhost "
+                "or 127.0.0.1, or add the name to SEGMENT_ALLOWED_HOSTS."
             )
         origin = headers.get("origin")
         if (
@@ -104,13 +101,9 @@ class AccessGuard:
             and scope["method"] not in SAFE_METHODS
             and not origin_allowed(origin, host, self.allowed_origins)
         ):
-            return (
-                403,
-                (
-                    f"Cross-origin requests from {origin!r} are refused. Add the origin to "
-                    "SEGMENT_ALLOWED_ORIGINS to allow a web app to call the service."
-                ),
-                {},
+            return Forbidden(
+                f"Cross-origin requests from {shorten(origin)!r} are refused. Add the origin to "
+                "SEGMENT_ALLOWED_ORIGINS to allow a web app to call the service."
             )
         if (
             self.token
@@ -118,9 +111,45 @@ class AccessGuard:
             and scope["method"] != "OPTIONS"
             and not token_ok(headers.get("authorization"), self.token)
         ):
-            return (
-                401,
-                ("Missing or wrong API token: send 'Authorization: Bearer <SEGMENT_API_TOKEN>'."),
-                {"www-authenticate": "Bearer"},
+            return Unauthorized(
+                "Missing or wrong API token: send 'Authorization: Bearer <SEGMENT_API_TOKEN>'."
             )
         return None
+
+
+def too_large_detail(max_upload_bytes: int) -> str:
+    return (
+        f"The request body is larger than the {max_upload_bytes:,}-byte upload limit "
+        "(SEGMENT_MAX_UPLOAD_BYTES); send a smaller image."
+    )
+
+
+class BodyLimit:
+    """Refuse oversized bodies while they stream in, before the multipart parser spools them:
+    by their declared Content-Length at once, and by counting when they come chunked."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.detail = too_large_detail(max_upload_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await send_error(scope, send, TooLarge(self.detail))
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise TooLarge(self.detail)  # raised where the route reads its body
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -1,18 +1,20 @@
 """The wire contract (OpenAPI): pydantic models at the boundary, and `render` into them.
 
 The HTTP route and the command line both render a pipeline result through `render`, so a
-file the CLI writes is the same JSON the service answers.
+file the CLI writes is the same JSON the service answers. The request's own fields are
+`app.request.SegmentRequest`; `request_body_schemas` shows them per body type.
 """
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from app.request import SegmentRequest
 from app.steps.masks import encode_png
 
 if TYPE_CHECKING:
@@ -108,21 +110,6 @@ class HealthResponse(BaseModel):
     version: str
 
 
-class SegmentJson(BaseModel):
-    """POST /segment as application/json: the form's fields, the image as base64."""
-
-    prompt: str = Field(description="What to find: 'cat', 'cat ; dog', 'detect car'.")
-    image: str | None = Field(
-        None, description="The image file's bytes, base64, or a data:image/...;base64, URL."
-    )
-    image_url: str | None = Field(None, description="Or an http(s) URL of the image.")
-    model_id: str | None = None
-    mask_format: Literal["png", "rle", "coco_rle", "polygon", "none"] = "png"
-    overlay: bool = False
-    max_new_tokens: int | None = Field(None, ge=1)
-    stream: bool = False
-
-
 class InstalledModelInfo(BaseModel):
     id: str = Field(description="What model_id names it by.")
     also_known_as: list[str] = Field(description="Other names model_id accepts for it.")
@@ -140,6 +127,25 @@ class ModelsResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+def request_body_schemas() -> dict[str, Any]:
+    """OpenAPI's requestBody for POST /segment: SegmentRequest's fields as a form (the image an
+    upload, `image_file`) and as JSON (the image base64, `image`)."""
+    fields = SegmentRequest.model_json_schema()
+    image_file = {"type": "string", "format": "binary", "description": IMAGE_FILE}
+    image = {"type": "string", "description": IMAGE_BASE64}
+    form = {**fields, "properties": {**fields["properties"], "image_file": image_file}}
+    body = {**fields, "properties": {**fields["properties"], "image": image}}
+    form["title"], body["title"] = "SegmentForm", "SegmentJson"
+    return {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": form}, "application/json": {"schema": body}},
+    }
+
+
+IMAGE_FILE = "The image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF. Or send image_url."
+IMAGE_BASE64 = "The image file's bytes, base64, or a data:image/...;base64, URL. Or image_url."
 
 
 def render_object(obj: SegmentedObject) -> ResponseObject:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import replace
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -13,7 +12,8 @@ import httpx
 
 from app.config import Settings
 from app.errors import NotReady, ServiceError
-from app.pipeline import SegmentOptions, SegmentResult
+from app.pipeline import SegmentResult
+from app.request import SegmentRequest
 from app.segmenter import Segmenter
 from app.steps.masks import decode_coco_rle, encode_mask
 from app.steps.objects import SegmentedObject
@@ -42,15 +42,9 @@ class LocalModel:
         if self.segmenter is not None:
             self.segmenter.close()
 
-    def __call__(self, path: Path, options: SegmentOptions) -> SegmentResult:
+    def __call__(self, request: SegmentRequest) -> SegmentResult:
         assert self.segmenter is not None
-        return self.segmenter.segment(
-            path,
-            options.prompt,
-            mask_format=options.mask_format,
-            overlay=options.overlay,
-            max_new_tokens=options.max_new_tokens,
-        )
+        return self.segmenter.run(request)
 
 
 class RemoteService:
@@ -95,18 +89,17 @@ class RemoteService:
                 raise NotReady(f"The service at {self.url} cannot serve: {body.get('reason')}")
             time.sleep(1)
 
-    def __call__(self, path: Path, options: SegmentOptions) -> SegmentResult:
-        data = path.read_bytes()
-        form = {
-            "prompt": options.prompt,
-            "mask_format": "coco_rle" if options.mask_format != "none" else "none",
-            "overlay": str(options.overlay).lower(),
-        }
-        if options.max_new_tokens:
-            form["max_new_tokens"] = str(options.max_new_tokens)
+    def __call__(self, request: SegmentRequest) -> SegmentResult:
+        assert isinstance(request.image, bytes), "the command sends files as they are"
+        # Masks travel as compressed COCO RLE (exact, compact); re-encoded here as asked.
+        wire = request.model_copy(
+            update={"mask_format": "none" if request.mask_format == "none" else "coco_rle"}
+        )
         try:
             response = self.client.post(
-                f"{self.url}/segment", data=form, files={"image_file": (path.name, data)}
+                f"{self.url}/segment",
+                data=wire.wire_fields(),
+                files={"image_file": ("image", request.image)},
             )
         except httpx.HTTPError as exc:
             raise ServiceError(f"the request failed: {exc.__class__.__name__}: {exc}") from exc
@@ -117,10 +110,10 @@ class RemoteService:
         if response.status_code != 200:
             detail = body.get("detail", body)
             raise ServiceError(f"the service answered {response.status_code}: {detail}")
-        return _result(body, options)
+        return _result(body, request)
 
 
-def _result(body: dict[str, Any], options: SegmentOptions) -> SegmentResult:
+def _result(body: dict[str, Any], request: SegmentRequest) -> SegmentResult:
     """The service's JSON back into a pipeline result, masks decoded and re-encoded as asked."""
     objects = []
     for wire in body["objects"]:
@@ -132,8 +125,8 @@ def _result(body: dict[str, Any], options: SegmentOptions) -> SegmentResult:
             score=wire["score"],
             area=wire["area"],
         )
-        if mask is not None and options.mask_format != "none":
-            obj = replace(obj, encoded_mask=encode_mask(mask, options.mask_format))
+        if mask is not None and request.mask_format != "none":
+            obj = replace(obj, encoded_mask=encode_mask(mask, request.mask_format))
         objects.append(obj)
     overlay = body.get("overlay")
     return SegmentResult(

@@ -14,15 +14,17 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, TypedDict
 
 from tqdm import tqdm
 
 from app.api.schemas import render
 from app.config import Settings
 from app.errors import ServiceError
-from app.pipeline import SegmentOptions, SegmentResult
+from app.pipeline import SegmentResult
+from app.request import MAX_MODEL_ID_CHARS, SegmentRequest
 from app.steps.coco import CocoImage, coco_document, write_coco
+from app.steps.masks import MaskFormat
 from app.steps.prompts import build_prompt, split_task_prompt
 
 MASK_FORMATS = ("png", "rle", "coco_rle", "polygon", "none")
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--mask-format", choices=MASK_FORMATS, default="png")
     segment.add_argument("--max-new-tokens", type=int, help="cap on generated tokens")
     segment.add_argument(
+        "--model", help="an installed model id (see GET /models); default SEGMENT_MODEL"
+    )
+    segment.add_argument(
         "--server", help="URL of a running service, e.g. http://127.0.0.1:8000 (no local model)"
     )
     segment.add_argument(
@@ -72,11 +77,14 @@ def segment_command(args: argparse.Namespace, settings: Settings) -> int:
         task_prompt = build_prompt(args.prompt, max_chars=settings.max_prompt_chars)
     except ServiceError as exc:
         return _fail(exc.detail)
-    options = SegmentOptions(
+    if args.model is not None and len(args.model) > MAX_MODEL_ID_CHARS:
+        return _fail(f"--model is longer than {MAX_MODEL_ID_CHARS} characters.")
+    options = Options(
         prompt=args.prompt,
         mask_format=args.mask_format,
         overlay=args.overlay,
         max_new_tokens=args.max_new_tokens,
+        model_id=args.model,
     )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -92,10 +100,20 @@ def segment_command(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED_IMAGES if failed else 0
 
 
-class _Segment(Protocol):
-    """What the loop needs of a backend: one image path in, one result out."""
+class Options(TypedDict):
+    """The request's fields the command sets; each image adds its own bytes."""
 
-    def __call__(self, path: Path, options: SegmentOptions) -> SegmentResult: ...
+    prompt: str
+    mask_format: MaskFormat
+    overlay: bool
+    max_new_tokens: int | None
+    model_id: str | None
+
+
+class _Segment(Protocol):
+    """What the loop needs of a backend: one request in, one result out."""
+
+    def __call__(self, request: SegmentRequest) -> SegmentResult: ...
 
 
 def _backend(args: argparse.Namespace, settings: Settings) -> AbstractContextManager[_Segment]:
@@ -111,7 +129,7 @@ def _token(settings: Settings) -> str | None:
 
 
 def _segment_all(
-    images: list[Path], options: SegmentOptions, segment: _Segment, out: Path | None
+    images: list[Path], options: Options, segment: _Segment, out: Path | None
 ) -> tuple[list[CocoImage], int]:
     done: list[CocoImage] = []
     failed = 0
@@ -120,7 +138,7 @@ def _segment_all(
     for path, stem in zip(progress, stems, strict=True):
         started = time.perf_counter()
         try:
-            result = segment(path, options)
+            result = segment(SegmentRequest(image=path.read_bytes(), **options))
         except ServiceError as exc:
             failed += 1
             tqdm.write(f"{path}: FAILED: {exc.detail}", file=sys.stderr)

@@ -4,11 +4,11 @@
     label  := one of the prompt's classes, with or without a leading space
 
 A logits processor (mlx-vlm calls it before every sampling step) masks every token the grammar
-does not allow next. It only completes what the model began: at an object boundary it ends the
-output unless the model's own most likely token is a `<loc>`, so it never invents an object a
-real model did not start. On output that is already well-formed it changes no token. Random
-demo weights are the exception (`random_weights`): their preferences mean nothing, so the
-grammar itself writes one object per class asked, with a box big enough to see, and ends.
+does not allow next. By default it only completes what the model began: at an object boundary
+it ends the output unless the model's own most likely token is a `<loc>`, so it never invents
+an object a real model did not start. On output that is already well-formed it changes no token. An
+`ObjectPolicy` can have the grammar begin objects itself; the random-weights demo model's
+policy (app/model/demo.py, chosen by the runner) is the one that does.
 
 It also keeps each step's unconstrained log-probabilities, so a score reflects what the model
 believed, and a forced token shows as low confidence.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
@@ -27,7 +28,19 @@ from app.steps.tokens import CODES_PER_MASK, LOC_TOKENS, SEG_TOKENS
 
 LABEL_PREFIXES = (b" ", b"")  # PaliGemma writes " cat" after the codes; tolerate "cat"
 SEPARATORS = (b" ; ", b"; ")  # big_vision writes " ; "; its own parser also reads "; "
-RANDOM_MODEL_MIN_BOX = 256  # loc units (a quarter of each side): a demo box and mask to see
+
+
+@dataclass(frozen=True)
+class ObjectPolicy:
+    """Who decides how many objects there are and what each is called."""
+
+    start_objects: int = 0  # objects the grammar begins whatever the model prefers
+    min_box: int = 1  # smallest y_max - y_min and x_max - x_min, in loc units
+    model_may_continue: bool = True  # past those, the model's own top token may begin another
+    one_class_each: bool = False  # object i is labelled with class i (cycling), else any class
+
+
+FOLLOW_THE_MODEL = ObjectPolicy()  # a real model: the grammar only completes what it began
 
 
 class Phase(enum.Enum):
@@ -48,15 +61,15 @@ class OutputGrammar:
         *,
         task: str,
         classes: list[str],
-        random_weights: bool = False,
+        policy: ObjectPolicy = FOLLOW_THE_MODEL,
     ) -> None:
         self.vocabulary = vocabulary
         self.layout = vocabulary.layout
         self.codes_per_object = CODES_PER_MASK if task == "segment" else 0
         self.classes = [c.encode("utf-8") for c in classes]
-        self.random_weights = random_weights
-        self.start_objects = len(classes) if random_weights else 0  # objects begun regardless
-        self.min_box = RANDOM_MODEL_MIN_BOX if random_weights else 1  # y_max - y_min at least
+        self.policy = policy
+        self.start_objects = policy.start_objects
+        self.min_box = policy.min_box
         self.phase = Phase.BOUNDARY
         self.locs: list[int] = []
         self.codes = 0
@@ -134,7 +147,7 @@ class OutputGrammar:
             return None
         if self.phase is Phase.BOUNDARY:
             if self.objects < self.start_objects or (
-                not self.random_weights and self._model_starts_object(logits)
+                self.policy.model_may_continue and self._model_starts_object(logits)
             ):
                 return self._loc_range(0, LOC_TOKENS - 1 - self.min_box, logits)
             return self._ids(self.layout.stop_ids, logits)
@@ -153,10 +166,11 @@ class OutputGrammar:
 
     def _label_texts(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """The current object's label texts that may end the output, and those that go on to
-        the next object. Random weights get each class in turn, one object per class."""
+        the next object. With one class each, object i gets class i, and after the objects the
+        policy begins, nothing but the end."""
         classes: list[bytes] = self.classes
         separators: tuple[bytes, ...] = SEPARATORS
-        if self.random_weights:
+        if self.policy.one_class_each:
             classes = [classes[(self.objects - 1) % len(classes)]]
             separators = SEPARATORS if self.objects < self.start_objects else ()
         labels = {prefix + c for c in classes for prefix in LABEL_PREFIXES}

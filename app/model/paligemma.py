@@ -1,6 +1,6 @@
 """PaliGemma through mlx-vlm: load once, then greedy generation with per-token probabilities.
 
-Everything here touches MLX, so it must run on the engine's single worker thread.
+Everything here touches MLX, so it must run on the service's single MLX thread.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,28 @@ PROMPT_CACHE_ENTRIES = 256  # tokenized prompts kept (a few KB each)
 
 @dataclass(frozen=True)
 class Generation:
+    """The record that ends a generation, after its last piece."""
+
     text: str
-    pieces: list[Piece]
     prompt_tokens: int
     new_tokens: int  # generated, the stop token not counted
     timings_ms: dict[str, float]  # preprocess, vision (0 when cached), generate
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A whole generation at once: its record and every piece."""
+
+    record: Generation
+    pieces: list[Piece]
+
+    @property
+    def text(self) -> str:
+        return self.record.text
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        return self.record.timings_ms
 
 
 class PaliGemma:
@@ -45,13 +62,13 @@ class PaliGemma:
 
     def __init__(
         self,
-        model: Any,
+        module: Any,
         processor: Any,
         layout: TokenLayout,
         feature_cache: FeatureCache[mx.array] | None = None,
         weights_dtype: str = "checkpoint",
     ) -> None:
-        self.model = model
+        self.module = module  # mlx-vlm's PaliGemma nn.Module
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.layout = layout
@@ -75,9 +92,9 @@ class PaliGemma:
         """Load with mlx-vlm from a local directory and make it behave like the reference."""
         from mlx_vlm.utils import load
 
-        model, processor = load(str(path))
-        match_reference_image_scaling(model)
-        weights_dtype = apply_dtype_policy(model, dtype, device_name())
+        module, processor = load(str(path))
+        match_reference_image_scaling(module)
+        weights_dtype = apply_dtype_policy(module, dtype, device_name())
         tokenizer = processor.tokenizer
         stop_ids = {tokenizer.eos_token_id}
         for token in ("<end_of_turn>",):  # mix checkpoints may end a turn instead
@@ -85,7 +102,7 @@ class PaliGemma:
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
                 stop_ids.add(token_id)
         layout = TokenLayout.from_tokenizer(tokenizer, sorted(stop_ids))
-        return cls(model, processor, layout, feature_cache, weights_dtype)
+        return cls(module, processor, layout, feature_cache, weights_dtype)
 
     def prepare(self, image: Image.Image, prompt: str) -> dict[str, mx.array]:
         """Token ids, attention mask and pixels exactly as the checkpoint's processor makes them.
@@ -139,19 +156,19 @@ class PaliGemma:
         cached = self.feature_cache.get(key)
         if cached is not None:
             return cached
-        embed_dtype = self.model.language_model.model.embed_tokens.weight.dtype
+        embed_dtype = self.module.language_model.model.embed_tokens.weight.dtype
         if embed_dtype not in (mx.float32, mx.float16, mx.bfloat16):  # quantized embedding
-            embed_dtype = self.model.language_model.model.embed_tokens.scales.dtype
-        hidden, _, _ = self.model.vision_tower(
+            embed_dtype = self.module.language_model.model.embed_tokens.scales.dtype
+        hidden, _, _ = self.module.vision_tower(
             pixel_values.transpose(0, 2, 3, 1).astype(embed_dtype),  # NCHW -> NHWC
             output_hidden_states=True,
         )
-        features = self.model.multi_modal_projector(hidden[None, :].astype(pixel_values.dtype))
+        features = self.module.multi_modal_projector(hidden[None, :].astype(pixel_values.dtype))
         mx.eval(features)
         self.feature_cache.put(key, features)
         return features
 
-    def generate(
+    def stream(
         self,
         image: Image.Image,
         prompt: str,
@@ -160,13 +177,14 @@ class PaliGemma:
         logits_processors: Sequence[LogitsProcessor] = (),
         grammar: OutputGrammar | None = None,
         cancelled: Callable[[], bool] = lambda: False,
-        on_piece: Callable[[Piece], None] = lambda piece: None,
-    ) -> Generation:
-        """Greedy decoding until a stop token or `max_new_tokens`; checks `cancelled` per token.
+    ) -> Iterator[Piece | Generation]:
+        """Greedy decoding until a stop token or `max_new_tokens`: each piece as soon as it is
+        known (a loc/seg token at once, a text run when it ends), then one `Generation`.
 
-        With a `grammar`, it runs last among the logits processors and each token's probability
-        is the one the model gave before the grammar masked anything. `on_piece` sees each
-        piece as soon as it is known (a loc/seg token at once, a text run when it ends).
+        Checks `cancelled` before each token. With a `grammar`, it runs last among the logits
+        processors and each token's probability is the one the model gave before the grammar
+        masked anything. Timings count this generator's own work, not the time its consumer
+        spends between pieces (decoding a mask, say).
         """
         from mlx_vlm.generate.ar import generate_step
 
@@ -176,14 +194,14 @@ class PaliGemma:
         features = self.image_features(inputs["pixel_values"])
         encoded = time.perf_counter()
         new_tokens = 0
-        pieces: list[Piece] = []
-        stream = PieceStream(self.layout, self.tokenizer)
+        texts: list[str] = []
+        pieces = PieceStream(self.layout, self.tokenizer)
         processors: list[LogitsProcessor] = [*logits_processors]
         if grammar is not None:
             processors.append(grammar)  # last: it sees what the model (and any test seam) said
         steps = generate_step(
             inputs["input_ids"],
-            self.model,
+            self.module,
             inputs["pixel_values"],
             inputs["mask"],
             max_tokens=max_new_tokens,
@@ -191,6 +209,7 @@ class PaliGemma:
             logits_processors=processors or None,
             cached_image_features=features,
         )
+        generating_s, resumed = 0.0, encoded
         for token, logprobs in steps:
             if cancelled():
                 raise Cancelled("generation abandoned")
@@ -201,24 +220,49 @@ class PaliGemma:
             if token in self.layout.stop_ids:
                 break
             new_tokens += 1
-            for piece in stream.feed(int(token), math.exp(logprob)):
-                pieces.append(piece)
-                on_piece(piece)
-        for piece in stream.finish():
-            pieces.append(piece)
-            on_piece(piece)
-        finished = time.perf_counter()
-        return Generation(
-            text="".join(p.text for p in pieces),
-            pieces=pieces,
+            for piece in pieces.feed(int(token), math.exp(logprob)):
+                texts.append(piece.text)
+                generating_s += time.perf_counter() - resumed
+                yield piece
+                resumed = time.perf_counter()
+        for piece in pieces.finish():
+            texts.append(piece.text)
+            yield piece
+        generating_s += time.perf_counter() - resumed
+        yield Generation(
+            text="".join(texts),
             prompt_tokens=int(inputs["input_ids"].shape[1]),
             new_tokens=new_tokens,
             timings_ms={
                 "preprocess": (prepared - started) * 1000,
                 "vision": (encoded - prepared) * 1000,
-                "generate": (finished - encoded) * 1000,
+                "generate": generating_s * 1000,
             },
         )
+
+    def generate(
+        self,
+        image: Image.Image,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        logits_processors: Sequence[LogitsProcessor] = (),
+        grammar: OutputGrammar | None = None,
+    ) -> Generated:
+        """`stream` run to its end: every piece and the record (warm-up, tests, benchmarks)."""
+        pieces: list[Piece] = []
+        for item in self.stream(
+            image,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            logits_processors=logits_processors,
+            grammar=grammar,
+        ):
+            if isinstance(item, Piece):
+                pieces.append(item)
+            else:
+                return Generated(item, pieces)
+        raise AssertionError("stream() always ends with its Generation")
 
 
 class PieceStream:
@@ -245,13 +289,13 @@ class PieceStream:
         return [Piece(text)]
 
 
-def match_reference_image_scaling(model: Any) -> None:
+def match_reference_image_scaling(module: Any) -> None:
     """Scale image features by 1/sqrt(text hidden size), as transformers (the reference) does.
 
     mlx-vlm divides by the top-level `hidden_size`, which PaliGemma 2 configs inherit from
     PaliGemma 1 (2048 where the text tower has 2304): every output would silently drift.
     """
-    config = model.config
+    config = module.config
     text_hidden = config.text_config.hidden_size
     if config.hidden_size != text_hidden:
         log.info(

@@ -5,7 +5,6 @@ Only `make models` (scripts/download_models.py) calls this; the service never do
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
 )
+
+from app.runtime.catalog import checkpoint_problem
 
 # big_vision's mask VAE; its public copy sits in the PaliGemma demo Space.
 VAE_REPO = "google/paligemma-hf"
@@ -63,14 +64,9 @@ def download_vae(target: Path) -> Path:
 
 
 def is_complete(target: Path) -> bool:
-    """A checkpoint directory with its config and every weight file its index names."""
-    if not (target / "config.json").is_file():
-        return False
-    index = target / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-        return all((target / shard).is_file() for shard in shards)
-    return any(target.glob("*.safetensors"))
+    """A checkpoint directory the service can load: configs, tokenizer, every weight file
+    whole (an interrupted download is fetched again)."""
+    return checkpoint_problem(target) is None
 
 
 def _guard(

@@ -1,10 +1,10 @@
-"""The one MLX thread: admission, a bounded queue, timeouts, cancellation and health state.
+"""The one MLX thread: admission, a bounded queue, time limits, cancellation and health state.
 
 MLX streams are thread-local (mlx >= 0.31), so loading, warm-up and every request run on this
-worker's single thread; callers await futures and only plain Python/numpy values come back.
-The worker runs whatever model side it is given (the real one in `app.runtime.pool`, a fake in
-tests)
-and imports nothing of MLX itself.
+worker's single thread. A request's results come back as one async stream of events (each
+object as it completes, then one `ModelOutput`) through its `Channel`; closing the stream
+cancels the request. The worker runs whatever backend it is given (the checkpoints of
+`app.runtime.pool`, or a fake in tests) and imports nothing of MLX itself.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
-from PIL import Image
-
 from app.errors import Busy, Cancelled, NotReady, TimedOut
-from app.steps.objects import DecodedObject
+from app.model.messages import ModelEvent, ModelOutput, ModelRequest
+from app.runtime.catalog import Checkpoint
+from app.runtime.channel import Channel
 
 log = logging.getLogger(__name__)
 
@@ -30,52 +30,37 @@ State = Literal["loading", "ok", "error"]
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the loaded model side reports about itself."""
+class BackendInfo:
+    """What the backend reports about itself once the default model is loaded."""
 
     device: str  # "gpu" or "cpu"
-    input_size: tuple[int, int]  # the model's image input (width, height)
-    random_weights: bool
+    random_weights: bool  # the default model is the random-weight demo
 
 
-@dataclass(frozen=True)
-class ModelRequest:
-    image: Image.Image  # upright RGB
-    task_prompt: str  # "segment cat ; dog"
-    max_new_tokens: int
-    model_id: str | None = None  # an installed model; None: SEGMENT_MODEL
-
-
-@dataclass(frozen=True)
-class ModelOutput:
-    text: str
-    objects: list[DecodedObject]
-    timings_ms: dict[str, float]  # (load,) preprocess, vision, generate, decode_masks
-    model: str = ""  # the model that answered
-
-
-class ModelSide(Protocol):
+class Backend(Protocol):
     """Loads, runs one request at a time, unloads; only ever called on the worker thread."""
 
-    name: str
+    name: str  # the default model's id
 
-    def load(self) -> ModelInfo: ...
+    def load(self) -> BackendInfo:
+        """Load the default model, at start-up."""
+        ...
 
     def unload(self) -> None:
-        """Free the model's memory; `run` loads it again when needed."""
+        """Free every model's memory; `run` loads what it needs again."""
         ...
 
     def loaded_models(self) -> list[str]:
-        """The models in memory now."""
+        """The models in memory now (safe to call from any thread)."""
         ...
 
-    def run(
-        self,
-        request: ModelRequest,
-        cancelled: Callable[[], bool],
-        on_object: Callable[[DecodedObject], None],
-    ) -> ModelOutput:
-        """`on_object` gets each object as soon as it is complete (on this thread)."""
+    def checkpoint(self, model_id: str | None) -> Checkpoint:
+        """The installed checkpoint a request names (None: the default), from its files alone,
+        without loading it; any thread. Domain errors (400 unknown, 503 broken) otherwise."""
+        ...
+
+    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> Iterator[ModelEvent]:
+        """Each object as soon as it is complete, then the `ModelOutput`."""
         ...
 
 
@@ -84,7 +69,7 @@ class WorkerStatus:
     state: State
     reason: str | None
     model: str
-    info: ModelInfo | None
+    info: BackendInfo | None
     loaded_at: datetime | None
     requests_served: int
     waiting: int  # admitted, not started yet
@@ -93,27 +78,76 @@ class WorkerStatus:
     expires_at: datetime | None  # when an idle model will be unloaded, if it will
 
 
+@dataclass(eq=False)
+class _Job:
+    """One admitted request: waiting until the worker thread starts it."""
+
+    request: ModelRequest
+    channel: Channel[ModelEvent]
+    started: bool = False
+    finished: bool = False  # counted out of `waiting`/`running` (exactly once)
+
+
+class ModelStream:
+    """One request's events, as an async iterator; `aclose` (or leaving `async with`) cancels
+    it, and the time limit ends it with a 504. Always close it: `async with worker.submit(...)`.
+    """
+
+    def __init__(self, worker: Worker, job: _Job, deadline: float) -> None:
+        self._worker, self._job, self._deadline = worker, job, deadline
+
+    def __aiter__(self) -> ModelStream:
+        return self
+
+    async def __anext__(self) -> ModelEvent:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                event = await self._job.channel.get()
+        except TimeoutError as exc:
+            await self.aclose()
+            raise TimedOut(
+                f"The request took longer than {self._worker.request_timeout_s:g} s "
+                "(SEGMENT_REQUEST_TIMEOUT_S); try a smaller max_new_tokens or fewer classes."
+            ) from exc
+        except Cancelled as exc:
+            raise NotReady("The service is shutting down; retry once it is back.") from exc
+        if isinstance(event, ModelOutput):
+            self._worker.served += 1
+        return event
+
+    async def aclose(self) -> None:
+        """Stop the request: one that waits never starts, one that runs stops at its next
+        token. Idempotent."""
+        self._worker.withdraw(self._job)
+
+    async def __aenter__(self) -> ModelStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 class Worker:
     """`submit` is the only way to the model; everything else is lifecycle and counts."""
 
     def __init__(
         self,
-        model: ModelSide,
+        backend: Backend,
         *,
         max_queue: int,
         request_timeout_s: float,
         keep_alive_s: float | None = None,
     ) -> None:
-        self.model = model
+        self.backend = backend
         self.max_queue = max_queue
         self.request_timeout_s = request_timeout_s
         self.keep_alive_s = keep_alive_s  # None: never unload
+        self.served = 0
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlx-worker")
         self._state: State = "loading"
         self._reason: str | None = "loading the model"
-        self._info: ModelInfo | None = None
+        self._info: BackendInfo | None = None
         self._loaded_at: datetime | None = None
-        self._served = 0
         self._waiting = 0
         self._running = 0
         self._counts = threading.Lock()  # the loop and the worker thread both move the counts
@@ -151,40 +185,43 @@ class Worker:
         if self._unload_timer is not None:
             self._unload_timer.cancel()
         for job in list(self._jobs):
-            job.cancel.set()
+            job.channel.cancelled.set()
+            with self._counts:
+                waiting = not job.started and not job.finished
+                if waiting:  # it will never start: its reader hears so now
+                    job.finished = True
+                    self._waiting -= 1
+            if waiting:
+                job.channel.close(Cancelled("abandoned before it started"))
 
     async def close(self) -> None:
         """Abandon all jobs and release the worker thread."""
         self.abandon_all()
         await asyncio.to_thread(self._thread.shutdown, wait=True, cancel_futures=True)
 
-    @property
-    def info(self) -> ModelInfo | None:
-        return self._info
-
     def status(self) -> WorkerStatus:
         return WorkerStatus(
             state=self._state,
             reason=self._reason,
-            model=self.model.name,
+            model=self.backend.name,
             info=self._info,
             loaded_at=self._loaded_at,
-            requests_served=self._served,
+            requests_served=self.served,
             waiting=self._waiting,
             running=self._running,
-            loaded=bool(self.model.loaded_models()),
+            loaded=bool(self.backend.loaded_models()),
             expires_at=self._expires_at,
         )
 
     def _load(self) -> None:
         try:
             started = time.perf_counter()
-            self._info = self.model.load()
+            self._info = self.backend.load()
             self._loaded_at = datetime.now(UTC)
             self._state, self._reason = "ok", None
             log.info(
                 "model %s ready on %s in %.1f s",
-                self.model.name,
+                self.backend.name,
                 self._info.device,
                 time.perf_counter() - started,
             )
@@ -197,8 +234,7 @@ class Worker:
 
     # -- requests ----------------------------------------------------------------------------
     def check_admission(self) -> None:
-        """Raise what `submit` would raise at once (not ready, queue full), so a streamed
-        answer can refuse with a status code before its first line."""
+        """Raise what `submit` would raise at once (not ready, queue full)."""
         if self._state != "ok":
             raise NotReady(self._not_ready_detail())
         if self._waiting >= self.max_queue:
@@ -208,79 +244,68 @@ class Worker:
                 retry_after_s=2,
             )
 
-    async def submit(
-        self,
-        request: ModelRequest,
-        on_object: Callable[[DecodedObject], None] = lambda obj: None,
-    ) -> ModelOutput:
-        """Run one request on the worker thread, with a bounded wait and a time limit.
-
-        `on_object` is called on the worker thread as each object completes.
-        """
+    def submit(self, request: ModelRequest) -> ModelStream:
+        """Admit one request and queue it on the worker thread; its events come back as a
+        stream, within SEGMENT_REQUEST_TIMEOUT_S of now (queue wait included)."""
         self.check_admission()
-        job = _Job()
+        job = _Job(request, Channel())
         with self._counts:
             self._waiting += 1
         self._jobs.add(job)
-        try:
-            future = self._thread.submit(self._run, request, job, on_object)
-            result = await asyncio.wait_for(
-                asyncio.wrap_future(future), timeout=self.request_timeout_s
-            )
-        except TimeoutError as exc:
-            job.cancel.set()
-            raise TimedOut(
-                f"The request took longer than {self.request_timeout_s:g} s "
-                "(SEGMENT_REQUEST_TIMEOUT_S); try a smaller max_new_tokens or fewer classes."
-            ) from exc
-        except asyncio.CancelledError:  # the client went away: stop generating for it
-            job.cancel.set()
-            raise
-        except Cancelled as exc:
-            raise NotReady("The service is shutting down; retry once it is back.") from exc
-        finally:
-            job.cancel.set()  # a job that never started now never will
-            with self._counts:
-                if not job.started:
-                    self._waiting -= 1
-                    job.withdrawn = True
+        self._cancel_unload()
+        self._thread.submit(self._run, job)
+        deadline = asyncio.get_running_loop().time() + self.request_timeout_s
+        return ModelStream(self, job, deadline)
+
+    def withdraw(self, job: _Job) -> None:
+        """On the loop: the job's caller is done with it (finished, failed or gone)."""
+        job.channel.cancelled.set()
+        with self._counts:
+            if not job.started and not job.finished:  # it never will start: count it out now
+                job.finished = True
+                self._waiting -= 1
+        if job in self._jobs:
             self._jobs.discard(job)
             self._schedule_unload()
-        self._served += 1
-        return result
 
     def _not_ready_detail(self) -> str:
         if self._state == "loading":
             return "The model is still loading; retry in a few seconds (GET /health says when)."
         return f"The model is not available: {self._reason}"
 
-    def _run(
-        self, request: ModelRequest, job: _Job, on_object: Callable[[DecodedObject], None]
-    ) -> ModelOutput:
+    def _run(self, job: _Job) -> None:
+        """On the worker thread: run the job's events into its channel, unless abandoned."""
         with self._counts:
-            if job.withdrawn or job.cancel.is_set():
-                raise Cancelled("abandoned before it started")
+            if job.finished or job.channel.cancelled.is_set():
+                return  # withdrawn before it started; already counted out
             job.started = True
             self._waiting -= 1
             self._running += 1
         try:
-            before = set(self.model.loaded_models())
-            output = self.model.run(request, job.cancel.is_set, on_object)
-            if set(self.model.loaded_models()) - before:  # loaded (again) for this request
+            before = set(self.backend.loaded_models())
+            for event in self.backend.run(job.request, job.channel.cancelled.is_set):
+                job.channel.put(event)
+            if set(self.backend.loaded_models()) - before:  # loaded (again) for this request
                 self._loaded_at = datetime.now(UTC)
-            return output
+            job.channel.close()
+        except BaseException as exc:  # handed to the request's reader, who reports it
+            job.channel.close(exc)
         finally:
             with self._counts:
+                job.finished = True
                 self._running -= 1
 
     # -- keep-alive --------------------------------------------------------------------------
-    def _schedule_unload(self) -> None:
-        """On the event loop: once nothing waits or runs, unload after SEGMENT_KEEP_ALIVE."""
+    def _cancel_unload(self) -> None:
         if self._unload_timer is not None:
             self._unload_timer.cancel()
             self._unload_timer = None
         self._expires_at = None
-        if self.keep_alive_s is None or self._state != "ok" or self._waiting or self._running:
+
+    def _schedule_unload(self) -> None:
+        """On the event loop: once nothing waits or runs, unload after SEGMENT_KEEP_ALIVE."""
+        self._cancel_unload()
+        if self.keep_alive_s is None or self._state != "ok" or self._jobs:
             return
         loop = asyncio.get_running_loop()
         self._expires_at = datetime.now(UTC) + timedelta(seconds=self.keep_alive_s)
@@ -288,26 +313,17 @@ class Worker:
 
     def _unload_when_idle(self) -> None:
         self._unload_timer = None
-        if self._state == "ok" and not (self._waiting or self._running):
+        if self._state == "ok" and not self._jobs:
             self._thread.submit(self._unload)
 
     def _unload(self) -> None:
         """Worker thread: a request that came in meanwhile keeps the model."""
-        if not self.model.loaded_models() or self._waiting or self._running:
+        if not self.backend.loaded_models() or self._waiting or self._running:
             return
-        self.model.unload()
+        self.backend.unload()
         self._expires_at = None
         log.info(
             "model %s unloaded after %g s idle (SEGMENT_KEEP_ALIVE); the next request loads it",
-            self.model.name,
+            self.backend.name,
             self.keep_alive_s,
         )
-
-
-@dataclass(eq=False)
-class _Job:
-    """One admitted request: counted as waiting until the worker thread starts it."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    started: bool = False
-    withdrawn: bool = False  # its caller left before it started
