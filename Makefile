@@ -44,7 +44,7 @@ demo: $(STAMP)  ## Serve a tiny RANDOM-WEIGHT model: every code path runs, the m
 models: $(STAMP)  ## Download the PaliGemma 2 mix checkpoint and vae-oid.npz into models/
 	$(PY) -m scripts.download_models
 
-bench: $(STAMP)  ## Time every stage on the tiny model; writes bench/results.json and bench/RESULTS.md
+bench: $(STAMP)  ## Time the stages, write bench/results.json + RESULTS.md (BENCH_FLAGS: --list, --stage NAME, --quick, --real-size)
 	$(PY) -m scripts.benchmark $(BENCH_FLAGS)
 
 lint: $(STAMP)

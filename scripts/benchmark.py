@@ -1,445 +1,267 @@
-"""`make bench`: time every stage, write bench/results.json and bench/RESULTS.md.
+"""`make bench`: the one benchmark entry. Runs the stages, writes bench/results.json, then
+bench/RESULTS.md through the one report writer (scripts/bench/report.py).
 
-    python -m scripts.benchmark [--quick] [--real-size] [--out bench]
+    python -m scripts.benchmark [--stage NAME ...] [--quick] [--real-size] [--out bench]
+    python -m scripts.benchmark --list      # the stages, as a table
+    python -m scripts.benchmark --report    # only rewrite RESULTS.md from the JSON files
 
-Default stages run on the tiny random model and finish in a few minutes on 2 CPU cores:
-mask decode (batched vs per object vs NumPy), request overhead at 640x480 and 12 MP, and a
-repeated image. --real-size adds PaliGemma 2 3B with random weights (built locally, never
-downloaded): slow on a CPU, minutes per run.
+With no --stage it runs every default stage (a few minutes on 2 CPU cores); --real-size adds
+PaliGemma 2 3B with random weights (built locally, never downloaded: ~30 min on 2 cores). On
+Linux it first restarts itself with OpenBLAS preloaded, exactly as `python -m app` does, so
+the in-process stages measure what the service runs. A stage that needs its own process (the
+mask decoder under each BLAS, each real-size configuration) runs this same entry as a child:
+`--stage NAME --child SPEC --result FILE`, a mode for the stages' own use.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib.metadata import version
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
-from app.runtime.blas import MARKER, find_openblas, preload_environment
-from scripts.bench_constrained import grammar_alone, tiny_generation
-from scripts.bench_constrained import table as constrained_table
-from scripts.bench_real_size import table
-from scripts.scripted_output import three_objects
-
-ROOT = Path(__file__).resolve().parent.parent
+from app.runtime.blas import find_openblas, preload_environment
+from scripts.bench.common import ROOT
+from scripts.bench.report import REAL_SIZE, RESULTS, table, write_report
 
 
-def summary(samples: list[float]) -> dict[str, float]:
-    """Median and range, in the unit given, rounded for reading."""
-    return {
-        "median": round(statistics.median(samples), 2),
-        "min": round(min(samples), 2),
-        "max": round(max(samples), 2),
-        "runs": len(samples),
-    }
+class Run:
+    """What the stages of one run share: its options, a scratch folder, the tiny model."""
+
+    def __init__(self, args: argparse.Namespace, scratch: Path) -> None:
+        self.args = args
+        self.scratch = scratch
+        self.repeats = 3 if args.quick else 7
+
+    @cached_property
+    def model_dir(self) -> Path:
+        """The tiny random PaliGemma 2 and VAE, built on first use (~1 s)."""
+        from scripts.make_tiny_model import build_tiny_model
+
+        return build_tiny_model(self.scratch / "tiny")
 
 
-def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+# Each stage's code is imported when it runs: listing stages, the report and a child process
+# (whose BLAS must be the one its parent chose) import nothing they do not use.
+def _mask_decode(run: Run) -> Any:
+    from scripts.bench.mask_decode import mask_decode
+
+    return mask_decode(run.repeats, run.scratch)
 
 
-def machine() -> dict[str, Any]:
-    import mlx.core as mx
+def _mask_decode_child(spec: dict[str, Any]) -> dict[str, Any]:
+    from scripts.bench.mask_decode import child
 
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "mlx_device": str(mx.default_device()),
-        "cpu_blas": os.environ.get(MARKER, "bundled (MLX's reference BLAS)"),
-        "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("mlx", "mlx-vlm", "numpy", "fastapi")},
-    }
+    return child(spec)
 
 
-# -- stage 2 and 4: requests through the HTTP app on the tiny model -------------------------
-def jpeg(width: int, height: int) -> bytes:
-    """A photo-like JPEG: smooth gradients plus noise, so it compresses like a real one."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([x / width, y / height, (x + y) / (width + height)], -1) * 200
-    noise = np.random.default_rng(0).normal(0, 12, (height, width, 3))
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+def _service(name: str) -> Callable[[Run], Any]:
+    def stage(run: Run) -> Any:
+        from scripts.bench import service
+
+        return getattr(service, name)(run.model_dir, run.repeats)
+
+    return stage
 
 
-@contextmanager
-def tiny_service(model_dir: Path) -> Iterator[tuple[Any, Any]]:
-    """The real app and worker on the tiny model, made to say three_objects()."""
-    from fastapi.testclient import TestClient
-    from transformers import AutoTokenizer
+def _constrained(run: Run) -> Any:
+    from scripts.bench.constrained import constrained
 
-    from app.api.app import create_app
-    from app.config import Settings
-    from app.runtime.pool import create_worker
-    from scripts.scripted_output import ScriptedOutput  # imports MLX
-
-    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), three_objects())
-    settings = Settings(model=str(model_dir), vae_path=model_dir / "vae-oid.npz")
-    worker = create_worker(settings, logits_processors=script.processors)
-    with TestClient(create_app(settings, worker), base_url="http://127.0.0.1:8000") as client:
-        while client.get("/health").status_code != 200:
-            time.sleep(0.05)
-        yield client, script
+    return constrained(run.model_dir, run.repeats)
 
 
-def request_overhead(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
-    """Where the time of one 3-object request goes, at 640x480 and 12 MP."""
-    rows = []
-    with tiny_service(model_dir) as (client, _):
-        for width, height in ((640, 480), (4000, 3000)):
-            data = jpeg(width, height)
-            stages: dict[str, list[float]] = {}
-            walls: list[float] = []
-            for index in range(repeats + 1):
-                started = time.perf_counter()
-                response = client.post(
-                    "/segment",
-                    data={"prompt": "cat ; dog ; left wheel"},
-                    files={"image_file": ("photo.jpg", data)},
-                )
-                wall = (time.perf_counter() - started) * 1000
-                body = response.json()
-                assert response.status_code == 200 and len(body["objects"]) == 3, body
-                if index == 0:
-                    continue  # the first request of a size warms caches; not counted
-                walls.append(wall)
-                for stage, ms in body["timings_ms"].items():
-                    stages.setdefault(stage, []).append(ms)
-            model_ms = [v + g for v, g in zip(stages["vision"], stages["generate"], strict=True)]
-            outside = [w - m for w, m in zip(walls, model_ms, strict=True)]
-            rows.append(
-                {
-                    "image": f"{width}x{height}",
-                    "upload_bytes": len(data),
-                    "http_wall_ms": summary(walls),
-                    "stages_ms": {k: summary(v) for k, v in stages.items()},
-                    "all_but_model_ms": summary(outside),
-                }
-            )
-    return rows
+def _real_size(run: Run) -> Any:
+    from scripts.bench.real_size import real_size
+
+    skip = run.args.real_size_skip or []
+    return real_size(
+        run.args.real_size_images or [224],
+        include_torch="torch" not in skip,
+        include_bundled="bundled" not in skip,
+    )
 
 
-def time_to_first_object(model_dir: Path, repeats: int) -> dict[str, Any]:
-    """stream=true over a real socket (uvicorn on loopback): when the first object line
-    arrives versus the `done` line, for the 3-object answer at 640x480."""
-    import socket
-    import threading
+def _real_size_child(spec: dict[str, Any]) -> dict[str, Any]:
+    from scripts.bench.real_size import child
 
-    import httpx
-    import uvicorn
-    from transformers import AutoTokenizer
-
-    from app.api.app import create_app
-    from app.config import Settings
-    from app.runtime.pool import create_worker
-    from scripts.scripted_output import ScriptedOutput  # imports MLX
-
-    script = ScriptedOutput(AutoTokenizer.from_pretrained(str(model_dir)), three_objects())
-    settings = Settings(model=str(model_dir), vae_path=model_dir / "vae-oid.npz")
-    app = create_app(settings, create_worker(settings, logits_processors=script.processors))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    first: list[float] = []
-    done: list[float] = []
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        data = jpeg(640, 480)
-        for index in range(repeats + 1):
-            started = time.perf_counter()
-            arrivals = []
-            with httpx.stream(
-                "POST",
-                f"{url}/segment",
-                data={"prompt": "cat ; dog ; left wheel", "stream": "true"},
-                files={"image_file": ("photo.jpg", data)},
-                timeout=120,
-            ) as response:
-                for line in response.iter_lines():
-                    if line:
-                        arrivals.append(((time.perf_counter() - started) * 1000, json.loads(line)))
-            kinds = [body["type"] for _, body in arrivals]
-            assert kinds == ["object", "object", "object", "done"], kinds
-            if index:  # the first request warms up
-                first.append(arrivals[0][0])
-                done.append(arrivals[-1][0])
-    finally:
-        server.should_exit = True
-        thread.join(30)
-    return {"first_object_ms": summary(first), "done_ms": summary(done)}
+    return child(spec)
 
 
-def repeated_image(model_dir: Path, repeats: int) -> dict[str, Any]:
-    """A second prompt on the same image: the vision tower's output comes from the cache."""
-    first: list[dict[str, float]] = []
-    second: list[dict[str, float]] = []
-    with tiny_service(model_dir) as (client, _):
-        for index in range(repeats):
-            picture = jpeg(640, 480 + index + 1)  # a new image each round: a cache miss
-            for target, payload in ((first, picture), (second, picture)):
-                body = client.post(
-                    "/segment", data={"prompt": "cat"}, files={"image_file": ("p.jpg", payload)}
-                ).json()
-                target.append(body["timings_ms"])
-    return {
-        "first_prompt_vision_ms": summary([t["vision"] for t in first]),
-        "second_prompt_vision_ms": summary([t["vision"] for t in second]),
-        "first_prompt_total_ms": summary([t["total"] for t in first]),
-        "second_prompt_total_ms": summary([t["total"] for t in second]),
-    }
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    measures: str
+    default: bool  # runs when no --stage is named (else only when named, or with its flag)
+    process: str  # where it runs
+    run: Callable[[Run], Any]  # -> plain, JSON-able data
+    child: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # its child-process mode
+    file: str = RESULTS  # where its data goes in --out
 
 
-# -- stage 1: mask decode -----------------------------------------------------------------------
-def mask_decode(repeats: int) -> dict[str, Any]:
-    """scripts.bench_vae in two child processes: MLX's bundled BLAS, and OpenBLAS preloaded."""
-    from app.runtime.blas import MARKER, find_openblas
-
-    library = find_openblas()
-    setups: dict[str, dict[str, str]] = {
-        "bundled BLAS": {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", MARKER)}
-    }
-    if library is not None:
-        setups["OpenBLAS preloaded"] = {**setups["bundled BLAS"], "LD_PRELOAD": str(library)}
-    results: dict[str, Any] = {}
-    for name, env in setups.items():
-        command = [sys.executable, "-m", "scripts.bench_vae", "--json", "--repeats", str(repeats)]
-        child = subprocess.run(
-            command, env=env, cwd=ROOT, check=True, capture_output=True, text=True
-        )
-        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
-    return results
-
-
-def mask_decode_table(results: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    for setup, rows in results.items():
-        sizes = sorted({r["n"] for r in rows})
-        cells = {(r["variant"], r["n"]): f"{r['median_ms']:.1f} ({r['min_ms']:.1f})" for r in rows}
-        batched = {r["n"]: r["median_ms"] for r in rows if r["variant"] == "matmul (batched)"}
-        per_object = {
-            r["n"]: r["median_ms"] for r in rows if r["variant"] == "conv, one call per object"
-        }
-        jax = {r["n"]: r["median_ms"] for r in rows if r["variant"].startswith("jax")}
-        lines += [
-            f"**{setup}**: median (min) ms per request",
-            "",
-            "| variant | " + " | ".join(f"N={n}" for n in sizes) + " |",
-            "|---" * (len(sizes) + 1) + "|",
-            *(
-                f"| {variant} | " + " | ".join(cells[variant, n] for n in sizes) + " |"
-                for variant in dict.fromkeys(r["variant"] for r in rows)
-            ),
-            "| **speed-up, ours (matmul batched) vs conv per object** | "
-            + " | ".join(f"{per_object[n] / batched[n]:.1f}x" for n in sizes)
-            + " |",
-        ]
-        if jax:
-            lines.append(
-                "| **ours / JAX-XLA (lower is better; target <= 1.5)** | "
-                + " | ".join(f"{batched[n] / jax[n]:.2f}" for n in sizes)
-                + " |"
-            )
-        lines.append("")
-    return lines
-
-
-# -- report -----------------------------------------------------------------------------------
-MAC_NOTES = """## On a Mac (on paper until measured there)
-
-Run `make bench` (add `BENCH_FLAGS=--real-size` for the 3B model) on Apple Silicon: MLX runs on
-Metal, nothing is preloaded, and the same tables come out with `mlx_device` `gpu`. Expected from
-published memory bandwidths, since decoding one token of the 3B 8-bit checkpoint reads about
-2.8 GB of weights:
-
-| chip | memory bandwidth | decode ceiling | one object (~22 tokens) after prefill |
-|---|---:|---:|---:|
-| M1 | 68 GB/s | ~24 tok/s | ~0.9 s |
-| M2 | 100 GB/s | ~36 tok/s | ~0.6 s |
-| M3 Pro | 150 GB/s | ~54 tok/s | ~0.4 s |
-| M4 Pro | 273 GB/s | ~98 tok/s | ~0.2 s |
-| M2 Max / M3 Max (400 GB/s) | 400 GB/s | ~143 tok/s | ~0.15 s |
-
-Prefill (1024 image tokens + prompt at 448 px, ~6 TFLOP) is compute-bound: about 2-3 s on
-an M1's GPU, well under 1 s on an M4 Pro or a Max. Real numbers land below these ceilings;
-replace this table with measured rows once run on a Mac. The mask decoder picks its
-formulation by timing both at load, so Metal uses whichever is faster there.
-"""
+STAGES = (
+    Stage(
+        "mask_decode",
+        "VAE mask decoder per request, N=1/4/8/16: conv vs matmul, mx.compile, batched vs per "
+        "object, NumPy, JAX if installed",
+        True,
+        "a child process per BLAS (bundled, OpenBLAS)",
+        _mask_decode,
+        _mask_decode_child,
+    ),
+    Stage(
+        "request_overhead",
+        "where a plain 3-object request's time goes at 640x480 and 12 MP: stages, and wall "
+        "minus the model",
+        True,
+        "in-process (TestClient)",
+        _service("request_overhead"),
+    ),
+    Stage(
+        "overlay",
+        "overlay=true on a 12 MP photo-like JPEG, 3 objects: overlay, total, wall; mean "
+        "difference from a full decode away from the objects",
+        True,
+        "in-process (TestClient)",
+        _service("overlay"),
+    ),
+    Stage(
+        "repeated_image",
+        "a second prompt on the same image (vision features from the cache)",
+        True,
+        "in-process (TestClient)",
+        _service("repeated_image"),
+    ),
+    Stage(
+        "streaming",
+        "stream=true: time to the first object line vs the `done` line",
+        True,
+        "in-process uvicorn, real loopback socket",
+        _service("streaming"),
+    ),
+    Stage(
+        "constrained",
+        "constrained decoding per token: the grammar at the real vocabulary, the tiny loop "
+        "with and without it",
+        True,
+        "in-process",
+        _constrained,
+    ),
+    Stage(
+        "real_size",
+        "PaliGemma 2 3B, random weights: load, first token, s/token, peak RSS; MLX (bf16, "
+        "float32; OpenBLAS, bundled) vs torch",
+        False,
+        "a child process per configuration (timeout, own peak RSS); writes real_size.json",
+        _real_size,
+        _real_size_child,
+        REAL_SIZE,
+    ),
+)
+BY_NAME = {stage.name: stage for stage in STAGES}
 
 
-def markdown(results: dict[str, Any]) -> str:
-    meta = results["machine"]
-    lines = [
-        "# Benchmark results",
-        "",
-        f"- date: {meta['date']}",
-        f"- machine: {meta['cpu']}, {meta['cores']} cores, {meta['platform']}",
-        f"- CPU BLAS for the in-process stages: {meta['cpu_blas']}",
-        f"- MLX device: {meta['mlx_device']}; versions: "
-        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        "- numbers: median over repeated runs after warm-up, (min-max) in brackets",
-        "",
+def stage_table() -> str:
+    rows = [
+        [f"`{s.name}`", s.measures, "default" if s.default else "`--real-size`", s.process]
+        for s in STAGES
     ]
-    if "mask_decode" in results:
-        lines += [
-            "## Mask decode (ms per request, random real-size VAE, N objects)",
-            "",
-            *mask_decode_table(results["mask_decode"]),
-        ]
-    for row in results.get("request_overhead", []):
-        stages = row["stages_ms"]
-        lines += [
-            f"## Request overhead, {row['image']} upload ({row['upload_bytes']:,} bytes), "
-            "3 objects, tiny model",
-            "",
-            "| stage | median ms | min-max |",
-            "|---|---:|---:|",
-            *(f"| {name} | {s['median']} | {s['min']}-{s['max']} |" for name, s in stages.items()),
-            f"| HTTP wall time (TestClient) | {row['http_wall_ms']['median']} | "
-            f"{row['http_wall_ms']['min']}-{row['http_wall_ms']['max']} |",
-            f"| **everything but the model (wall - vision - generate)** | "
-            f"**{row['all_but_model_ms']['median']}** | "
-            f"{row['all_but_model_ms']['min']}-{row['all_but_model_ms']['max']} |",
-            "",
-        ]
-    if "repeated_image" in results:
-        r = results["repeated_image"]
-        lines += [
-            "## Repeated image (second prompt on the same image)",
-            "",
-            "| | first prompt | second prompt |",
-            "|---|---:|---:|",
-            f"| vision tower ms | {r['first_prompt_vision_ms']['median']} | "
-            f"{r['second_prompt_vision_ms']['median']} |",
-            f"| total ms | {r['first_prompt_total_ms']['median']} | "
-            f"{r['second_prompt_total_ms']['median']} |",
-            "",
-        ]
-    if "streaming" in results:
-        r = results["streaming"]
-        lines += [
-            "## Streaming (stream=true): time to first object vs the whole answer",
-            "",
-            "3 objects, 640x480 JPEG, tiny model, over a real loopback socket (client-side ms).",
-            "",
-            "| line | median ms | min-max |",
-            "|---|---:|---:|",
-            f"| first `object` | {r['first_object_ms']['median']} | "
-            f"{r['first_object_ms']['min']}-{r['first_object_ms']['max']} |",
-            f"| `done` | {r['done_ms']['median']} | {r['done_ms']['min']}-{r['done_ms']['max']} |",
-            "",
-        ]
-    if "constrained_decoding" in results:
-        lines += constrained_table(results["constrained_decoding"])
-    if "real_size" in results:
-        real = results["real_size"]
-        lines += [
-            "## Real-size PaliGemma 2 3B, random weights (scripts/bench_real_size.py)",
-            "",
-            f"Run on {real['machine'].get('date', '?')}; prompt {real['setup']['prompt']!r}, "
-            f"{real['setup']['max_new_tokens']} new tokens; every row its own process. Full rows "
-            "and notes: bench/real_size.json.",
-            "",
-            table(real["results"]),
-            "",
-        ]
-        if "rerun_224_quiet" in real:  # the 224 rows again, with nothing else running
-            lines += ["Quiet rerun at 224:", "", table(real["rerun_224_quiet"]["results"]), ""]
-        lines += [f"- {note}" for note in real.get("notes", [])] + [""]
-    return "\n".join(lines) + "\n" + MAC_NOTES
+    return "\n".join(table(["stage", "measures", "runs", "process"], rows, align="llll"))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time the service's stages; write results.json and RESULTS.md.",
+        epilog="stages:\n" + stage_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--stage", action="append", choices=list(BY_NAME), help="repeatable")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--real-size", action="store_true", help="add the real_size stage")
+    parser.add_argument(
+        "--real-size-images", type=int, nargs="+", help="real_size input sizes (default 224)"
+    )
+    parser.add_argument(
+        "--real-size-skip", action="append", choices=["torch", "bundled"], help="real_size rows"
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench", help="default: bench/")
+    parser.add_argument("--list", action="store_true", help="print the stages and exit")
+    parser.add_argument("--report", action="store_true", help="only rewrite RESULTS.md")
+    parser.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def selected(args: argparse.Namespace) -> list[Stage]:
+    named = set(args.stage or [s.name for s in STAGES if s.default])
+    if args.real_size:
+        named.add("real_size")
+    return [s for s in STAGES if s.name in named]
+
+
+def reexecute_like_the_service() -> None:
+    """On Linux `python -m app` restarts once with OpenBLAS preloaded (app.runtime.blas
+    decides; SEGMENT_BLAS=bundled turns it off): do the same, so the bench measures that."""
+    from app.config import get_settings
+    from app.runtime.device import gpu_backend
+
+    settings = get_settings()
+    environment = preload_environment(
+        os.environ, sys.platform, find_openblas(), settings.blas, settings.device, gpu_backend()
+    )
+    if environment is not None:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """A stage's child process: run its piece as the environment given, write the numbers."""
+    stages = args.stage or []
+    stage = BY_NAME[stages[0]] if len(stages) == 1 else None
+    if stage is None or stage.child is None or args.result is None:
+        raise SystemExit("--child needs one --stage that has a child mode, and --result FILE")
+    result = stage.child(json.loads(args.child))
+    args.result.write_text(json.dumps(result) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
-    parser.add_argument("--real-size", action="store_true", help="add PaliGemma 2 3B (slow)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench")
-    args = parser.parse_args(argv)
-    repeats = 3 if args.quick else 7
-    environment = preload_environment(os.environ, sys.platform, find_openblas())
-    if environment is not None:  # measure what `python -m app` runs: OpenBLAS on Linux
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
-
-    from scripts.make_tiny_model import build_tiny_model
+    args = parse(argv)
+    if args.list:
+        print(stage_table())
+        return 0
+    if args.child is not None:
+        return child_main(args)
+    if args.report:
+        print(write_report(args.out).read_text())
+        return 0
+    reexecute_like_the_service()
+    from scripts.bench.common import cpu_seconds, cpu_use, machine
 
     results: dict[str, Any] = {"machine": machine()}
-    print("mask decode ...", flush=True)
-    results["mask_decode"] = mask_decode(repeats)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "tiny")
-        print("request overhead ...", flush=True)
-        results["request_overhead"] = request_overhead(model_dir, repeats)
-        print("repeated image ...", flush=True)
-        results["repeated_image"] = repeated_image(model_dir, repeats)
-        print("time to first object ...", flush=True)
-        results["streaming"] = time_to_first_object(model_dir, repeats)
-        print("constrained decoding ...", flush=True)
-        results["constrained_decoding"] = {
-            "grammar_alone": grammar_alone(repeats),
-            "tiny_generation": tiny_generation(model_dir, repeats),
-        }
-    if args.real_size:  # ~30 min on 2 cores: builds ~6 GB of random weights once, then times
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "scripts.bench_real_size",
-                "--size",
-                "224",
-                "--json",
-                str(args.out / "real_size.json"),
-            ],
-            cwd=ROOT,
-            check=True,
-        )
-    if (args.out / "real_size.json").is_file():  # the latest real-size run, kept with the rest
-        results["real_size"] = json.loads((args.out / "real_size.json").read_text())
+    load: dict[str, dict[str, float]] = {}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "RESULTS.md").write_text(markdown(results))
-    print(markdown(results))
+    with tempfile.TemporaryDirectory() as scratch:
+        run = Run(args, Path(scratch))
+        for stage in selected(args):
+            print(f"{stage.name} ...", flush=True)
+            cpu, started = cpu_seconds(), time.perf_counter()
+            data = stage.run(run)
+            wall_s = time.perf_counter() - started
+            load[stage.name] = {"wall_s": round(wall_s, 1), **cpu_use(cpu, wall_s)}
+            if stage.file == RESULTS:
+                results[stage.name] = data
+            else:  # kept apart: run rarely, and the report shows the latest
+                (args.out / stage.file).write_text(json.dumps(data, indent=2) + "\n")
+    results["machine"]["cpu_during_stages"] = load
+    if len(results) > 1 or not (args.out / RESULTS).is_file():
+        (args.out / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    print(write_report(args.out).read_text())
     return 0
 
 

@@ -1,4 +1,4 @@
-"""What constrained decoding costs per generated token (a `make bench` stage).
+"""Stage `constrained`: what constrained decoding costs per generated token.
 
 Two views: the output grammar alone at the real vocabulary size (257,216 logits per step, the
 real tokenizer layout from scripts/real_size_model.py), driven through a well-formed
@@ -8,7 +8,6 @@ with and without the grammar.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -16,9 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from scripts.bench.common import summary
 from scripts.scripted_output import three_objects
 
 CLASSES = ["cat", "dog", "left wheel"]
+REAL_VOCAB_SIZE = 257_216
+
+
+def constrained(model_dir: Path, repeats: int) -> dict[str, Any]:
+    return {
+        "grammar_alone": grammar_alone(repeats),
+        "tiny_generation": tiny_generation(model_dir, repeats),
+    }
 
 
 def real_vocabulary_tokenizer(directory: Path) -> Any:
@@ -34,7 +42,7 @@ def real_vocabulary_tokenizer(directory: Path) -> Any:
 
 def grammar_alone(repeats: int) -> dict[str, Any]:
     """Microseconds per step of the grammar processor at the real vocabulary size."""
-    import mlx.core as mx  # here, not at import: `make bench` picks the BLAS first
+    import mlx.core as mx
 
     from app.model.grammar import OutputGrammar
     from app.model.vocab import TokenLayout, Vocabulary
@@ -46,7 +54,6 @@ def grammar_alone(repeats: int) -> dict[str, Any]:
     vocabulary = Vocabulary.from_tokenizer(tokenizer, layout)
     index_ms = (time.perf_counter() - started) * 1000
     ids = [*tokenizer.encode(three_objects(), add_special_tokens=False), tokenizer.eos_token_id]
-    vocab_size = 257_216
     rng = np.random.default_rng(0)
     per_step: list[float] = []
     baseline: list[float] = []
@@ -54,7 +61,7 @@ def grammar_alone(repeats: int) -> dict[str, Any]:
         grammar = OutputGrammar(vocabulary, task="segment", classes=CLASSES)
         tokens = [2]
         for target in ids:
-            noise = rng.standard_normal((1, vocab_size)).astype(np.float32)
+            noise = rng.standard_normal((1, REAL_VOCAB_SIZE)).astype(np.float32)
             noise[0, target] += 50.0  # the "model" says the answer
             logits = mx.array(noise)
             mx.eval(logits)
@@ -70,11 +77,11 @@ def grammar_alone(repeats: int) -> dict[str, Any]:
             tokens.append(int(np.asarray(mx.argmax(out, axis=-1))[0]))
         assert tokens[1:] == ids, "the grammar changed a well-formed answer"
     return {
-        "vocab_size": vocab_size,
+        "vocab_size": REAL_VOCAB_SIZE,
         "tokens_per_answer": len(ids),
         "vocabulary_index_ms": round(index_ms, 1),
-        "grammar_us_per_token": _summary(per_step),
-        "log_softmax_us_per_token": _summary(baseline),
+        "grammar_us_per_token": summary(per_step),
+        "log_softmax_us_per_token": summary(baseline),
     }
 
 
@@ -93,7 +100,7 @@ def tiny_generation(model_dir: Path, repeats: int) -> dict[str, Any]:
     prompt = "segment " + " ; ".join(CLASSES)
     rows: dict[str, list[float]] = {"unconstrained": [], "constrained": []}
     for index in range(repeats + 1):
-        for name in rows:
+        for name, samples in rows.items():
             grammar = OutputGrammar(model.vocabulary, task="segment", classes=CLASSES)
             generation = model.generate(
                 image,
@@ -104,40 +111,5 @@ def tiny_generation(model_dir: Path, repeats: int) -> dict[str, Any]:
             )
             assert generation.text == three_objects(), generation.text
             if index:  # the first round warms up
-                rows[name].append(generation.timings_ms["generate"] / generation.new_tokens)
-    return {name: _summary(samples) for name, samples in rows.items()}
-
-
-def _summary(samples: list[float]) -> dict[str, float]:
-    return {
-        "median": round(statistics.median(samples), 2),
-        "min": round(min(samples), 2),
-        "max": round(max(samples), 2),
-        "runs": len(samples),
-    }
-
-
-def table(results: dict[str, Any]) -> list[str]:
-    alone, tiny = results["grammar_alone"], results["tiny_generation"]
-    g, b = alone["grammar_us_per_token"], alone["log_softmax_us_per_token"]
-    u, c = tiny["unconstrained"], tiny["constrained"]
-    return [
-        "## Constrained decoding: cost per generated token",
-        "",
-        f"A three-object segment answer ({alone['tokens_per_answer']} tokens) that is already "
-        "well-formed, so the grammar changes nothing and only its cost shows.",
-        "",
-        "| what | median | min-max |",
-        "|---|---:|---:|",
-        f"| grammar step at the real vocabulary ({alone['vocab_size']:,} logits), us | "
-        f"{g['median']} | {g['min']}-{g['max']} |",
-        f"| for scale: one log-softmax over those logits, us | {b['median']} | "
-        f"{b['min']}-{b['max']} |",
-        f"| tiny model, whole loop, unconstrained, ms/token | {u['median']} | "
-        f"{u['min']}-{u['max']} |",
-        f"| tiny model, whole loop, constrained, ms/token | {c['median']} | "
-        f"{c['min']}-{c['max']} |",
-        f"| building the token index once per model load (257k ids), ms | "
-        f"{alone['vocabulary_index_ms']} | |",
-        "",
-    ]
+                samples.append(generation.timings_ms["generate"] / generation.record.new_tokens)
+    return {name: summary(samples) for name, samples in rows.items()}
