@@ -106,7 +106,7 @@ class Pipeline:
         async with self._image_work:
             width, height, model_image = await asyncio.to_thread(self._decode, data, size)
         return _Prepared(
-            request=request,
+            request=request.model_copy(update={"image": None}),  # its pixels live on below
             task_prompt=task_prompt,
             max_new_tokens=limit,
             checkpoint=checkpoint,

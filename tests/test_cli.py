@@ -142,6 +142,26 @@ def test_server_mode_writes_what_the_local_model_writes(
     )
 
 
+@pytest.mark.parametrize("remote", [False, True])
+def test_model_picks_the_checkpoint_locally_and_on_a_server(
+    tiny_model_dir: Path,
+    server: str,
+    images: list[Path],
+    tmp_path: Path,
+    remote: bool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--model reaches the request both ways: the installed model by its id, and an id
+    nothing installed answers to is that image's error."""
+    extra = ["--server", server] if remote else []
+    base = [str(images[0]), "--prompt", "cat", *extra]
+    settings = tiny_settings(tiny_model_dir)
+    assert run_cli([*base, "--out", str(tmp_path), "--model", str(tiny_model_dir)], settings) == 0
+    assert json.loads((tmp_path / "street.json").read_text())["model"] == str(tiny_model_dir)
+    assert run_cli([*base, "--model", "someone/else"], settings) == 1
+    assert "'someone/else' is not installed here" in capsys.readouterr().err
+
+
 def test_server_mode_reports_an_unreachable_service(
     tiny_model_dir: Path, images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

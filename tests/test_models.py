@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.api.app import create_app
 from app.config import Settings
+from app.model.messages import ModelOutput, ModelRequest
+from app.runtime.pool import RunnerPool
 from scripts.harness import local_client, wait_healthy
 from scripts.make_tiny_model import build_tiny_model
 from tests.images import gradient, image_bytes
@@ -141,3 +147,46 @@ def test_more_than_one_may_stay_loaded(models_dir: Path) -> None:
         models = listed(client)
         assert models["local/tiny-a"]["loaded"] and models["local/tiny-b"]["loaded"]
         assert "load" not in segment(client).json()["timings_ms"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads glibc's own count of memory in use")
+def test_memory_stays_flat_across_many_model_swaps(models_dir: Path) -> None:
+    """Each swap loads a checkpoint; what it leaves behind must not add up. (Building the
+    modules used to leave ~210 KB per load in MLX's random key: a lazy chain of splits.)"""
+
+    class MallInfo2(ctypes.Structure):
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return int(info.uordblks + info.hblkhd)  # heap chunks in use + mmapped ones
+
+    settings = Settings(  # type: ignore[call-arg]
+        model="local/tiny-a",
+        models_dir=models_dir,
+        vae_path=models_dir / "local" / "tiny-a" / "vae-oid.npz",
+        warmup=False,
+    )
+    pool = RunnerPool(settings)
+
+    def swap(index: int) -> None:  # on one thread, as the worker runs them
+        model_id = ("local/tiny-a", "local/tiny-b")[index % 2]
+        request = ModelRequest(Image.new("RGB", (224, 224)), "segment cat", 4, model_id)
+        assert isinstance(list(pool.run(request, lambda: False))[-1], ModelOutput)
+
+    def run() -> float:
+        pool.load()
+        for index in range(4):  # caches and allocator pools settle
+            swap(index)
+        before = in_use()
+        for index in range(12):
+            swap(index)
+        return (in_use() - before) / 12
+
+    per_swap = ThreadPoolExecutor(1).submit(run).result(timeout=300)
+    assert per_swap < 20_000, f"{per_swap / 1024:.0f} KB left per swap"

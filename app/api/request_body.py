@@ -25,7 +25,7 @@ from app.request import SegmentRequest, parse_request
 
 FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
 JSON_TYPE = "application/json"
-FORM_FIELDS = ("prompt", "image_url", "model_id", "mask_format", "overlay", "max_new_tokens")
+TEXT_FIELDS = tuple(name for name in SegmentRequest.model_fields if name != "image")
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_FORM_FIELDS = 32  # the form has 8; a few unknown ones are ignored, thousands are refused
 
@@ -36,7 +36,7 @@ async def segment_request(request: Request, settings: Settings) -> SegmentReques
     if media_type in FORM_TYPES:
         return await _from_form(request, settings.max_upload_bytes)
     if media_type == JSON_TYPE:
-        return _from_json(await request.body(), settings.max_upload_bytes)
+        return _from_json(await _body(request), settings.max_upload_bytes)
     shown = shorten(media_type) if media_type else "no Content-Type"
     raise UnsupportedMedia(
         f"POST /segment takes multipart/form-data (an upload) or application/json "
@@ -44,11 +44,18 @@ async def segment_request(request: Request, settings: Settings) -> SegmentReques
     )
 
 
+async def _body(request: Request) -> bytes:
+    """The whole body, read from its stream: `request.body()` would keep a copy on the request
+    for as long as it lives (the limit on its size is the body-limit guard's)."""
+    chunks = [chunk async for chunk in request.stream()]
+    return b"".join(chunks)
+
+
 async def _from_form(request: Request, max_upload_bytes: int) -> SegmentRequest:
     form = await request.form(max_files=2, max_fields=MAX_FORM_FIELDS)
     try:
         fields: dict[str, Any] = {}
-        for name in (*FORM_FIELDS, "stream"):
+        for name in TEXT_FIELDS:
             value = form.get(name)
             if isinstance(value, UploadFile):
                 raise InvalidRequest(f"Invalid request: {name}: must be text, not a file.")

@@ -1,15 +1,15 @@
 """The API's routes: `POST /segment`, `GET /health`, `GET /models`. Each parses, calls one
 thing below it, and renders; no pipeline logic here.
 
-No `from __future__ import annotations` here: FastAPI reads the routes' annotations when they
-are defined, and the body's dependency is a name local to `api_routes`.
 """
+
+from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.errors import request_id_of
@@ -28,7 +28,6 @@ from app.api.streaming import ndjson_lines
 from app.config import Settings
 from app.errors import ClientGone
 from app.pipeline import Pipeline, collect
-from app.request import SegmentRequest
 from app.runtime.catalog import installed_models
 from app.runtime.worker import Worker
 
@@ -50,9 +49,6 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 def api_routes(settings: Settings, worker: Worker, version: str) -> APIRouter:
     router = APIRouter()
     pipeline = Pipeline(settings, worker)
-
-    async def body(request: Request) -> SegmentRequest:
-        return await segment_request(request, settings)
 
     @router.get(
         "/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}}
@@ -107,17 +103,20 @@ def api_routes(settings: Settings, worker: Worker, version: str) -> APIRouter:
         openapi_extra={"requestBody": request_body_schemas()},
     )
     @router.post("/segment/", response_model=SegmentResponse, include_in_schema=False)
-    async def segment(
-        request: Request, segment_request: Annotated[SegmentRequest, Depends(body)]
-    ) -> SegmentResponse | StreamingResponse:
+    async def segment(request: Request) -> SegmentResponse | StreamingResponse:
         """Segment (or `detect`) the prompt's classes in one image: boxes, masks, labels, scores.
 
         Send a form (the image as the upload `image_file`) or JSON (the image base64 in
         `image`); or `image_url` instead of the image in either.
         """
         request_id = request_id_of(request)
-        events = await pipeline.start(segment_request, request_id=request_id)
-        if segment_request.stream:
+        # Parsed here rather than as a dependency, whose cache would keep the upload's bytes
+        # for the whole request: past `start`, only what the pipeline keeps stays.
+        asked = await segment_request(request, settings)
+        streamed = asked.stream
+        events = await pipeline.start(asked, request_id=request_id)
+        del asked
+        if streamed:
             return StreamingResponse(ndjson_lines(events, request_id), media_type=NDJSON)
         return render(await unless_client_leaves(request, collect(events)))
 

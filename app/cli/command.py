@@ -14,17 +14,16 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Protocol, TypedDict
+from typing import IO, Protocol
 
 from tqdm import tqdm
 
 from app.api.schemas import render
 from app.config import Settings
-from app.errors import ServiceError
+from app.errors import ServiceError, report
 from app.pipeline import SegmentResult
-from app.request import MAX_MODEL_ID_CHARS, SegmentRequest
+from app.request import SegmentRequest, parse_request
 from app.steps.coco import CocoImage, coco_document, write_coco
-from app.steps.masks import MaskFormat
 from app.steps.prompts import build_prompt, split_task_prompt
 
 MASK_FORMATS = ("png", "rle", "coco_rle", "polygon", "none")
@@ -75,39 +74,29 @@ def segment_command(args: argparse.Namespace, settings: Settings) -> int:
         return _fail("--overlay writes its pictures into --out DIR; give --out too.")
     try:
         task_prompt = build_prompt(args.prompt, max_chars=settings.max_prompt_chars)
+        request = parse_request(  # each image adds itself to this request
+            {
+                "prompt": args.prompt,
+                "mask_format": args.mask_format,
+                "overlay": args.overlay,
+                "max_new_tokens": args.max_new_tokens,
+                "model_id": args.model,
+            }
+        )
     except ServiceError as exc:
-        return _fail(exc.detail)
-    if args.model is not None and len(args.model) > MAX_MODEL_ID_CHARS:
-        return _fail(f"--model is longer than {MAX_MODEL_ID_CHARS} characters.")
-    options = Options(
-        prompt=args.prompt,
-        mask_format=args.mask_format,
-        overlay=args.overlay,
-        max_new_tokens=args.max_new_tokens,
-        model_id=args.model,
-    )
+        return _fail(exc)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     try:
         with _backend(args, settings) as segment:
-            done, failed = _segment_all(args.images, options, segment, args.out)
+            done, failed = _segment_all(args.images, request, segment, args.out)
     except ServiceError as exc:  # no model, no server: nothing can run
-        return _fail(exc.detail)
+        return _fail(exc)
     if args.coco is not None:
         categories = split_task_prompt(task_prompt)[1]
         write_coco(args.coco, coco_document(done, categories))
         print(f"wrote {args.coco} ({len(done)} images)", file=sys.stderr)
     return EXIT_FAILED_IMAGES if failed else 0
-
-
-class Options(TypedDict):
-    """The request's fields the command sets; each image adds its own bytes."""
-
-    prompt: str
-    mask_format: MaskFormat
-    overlay: bool
-    max_new_tokens: int | None
-    model_id: str | None
 
 
 class _Segment(Protocol):
@@ -129,7 +118,7 @@ def _token(settings: Settings) -> str | None:
 
 
 def _segment_all(
-    images: list[Path], options: Options, segment: _Segment, out: Path | None
+    images: list[Path], request: SegmentRequest, segment: _Segment, out: Path | None
 ) -> tuple[list[CocoImage], int]:
     done: list[CocoImage] = []
     failed = 0
@@ -138,10 +127,10 @@ def _segment_all(
     for path, stem in zip(progress, stems, strict=True):
         started = time.perf_counter()
         try:
-            result = segment(SegmentRequest(image=path.read_bytes(), **options))
+            result = segment(request.model_copy(update={"image": path.read_bytes()}))
         except ServiceError as exc:
             failed += 1
-            tqdm.write(f"{path}: FAILED: {exc.detail}", file=sys.stderr)
+            tqdm.write(f"{path}: FAILED: {report(exc, path.name).detail}", file=sys.stderr)
             continue
         except OSError as exc:
             failed += 1
@@ -185,6 +174,7 @@ def _unique_stems(images: list[Path]) -> Iterator[str]:
         yield path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}"
 
 
-def _fail(message: str) -> int:
+def _fail(problem: ServiceError | str) -> int:
+    message = report(problem, "-").detail if isinstance(problem, ServiceError) else problem
     print(f"error: {message}", file=sys.stderr)
     return EXIT_UNUSABLE
