@@ -59,7 +59,7 @@ class SegmentRequest(BaseModel):
             raise ValueError("must be a whole number")
         return value
 
-    @field_validator("image_url", "model_id", mode="before")
+    @field_validator("image_url", "model_id", "max_new_tokens", mode="before")
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         """A form sends empty optional fields as "" (Swagger's Try it out does): not given."""

@@ -25,7 +25,7 @@ class ScriptedOutput:
         return [*ids, self.tokenizer.eos_token_id]
 
     def processors(self) -> Sequence[Any]:
-        """A fresh processor per generation (the model side calls this for every request)."""
+        """A fresh processor per generation (the runner calls this for every request)."""
         return [_ForceSequence(self.token_ids())] if self.text else []
 
 

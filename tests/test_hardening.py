@@ -1,6 +1,6 @@
 """Every bad input gets a clear JSON error and the service stays healthy; strangers stay out.
 
-These run against a fake model side (no model), so they are fast and can script failures.
+These run against a fake backend (no model), so they are fast and can script failures.
 """
 
 from __future__ import annotations

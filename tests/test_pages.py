@@ -58,7 +58,7 @@ def pages() -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[TestClient]:
-    """The real app (a fake model side behind it)."""
+    """The real app (a fake backend behind it)."""
     fake = fake_service(Settings(model="fake/model", warmup=False))
     with local_client(fake.app(), raise_server_exceptions=False) as client:
         wait_healthy(client)

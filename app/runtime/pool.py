@@ -19,7 +19,7 @@ from app.config import Settings, keep_alive_seconds
 from app.errors import NotReady, ServiceError
 from app.model.messages import ModelEvent, ModelOutput, ModelRequest
 from app.model.runner import ProcessorsFactory, Runner
-from app.runtime.catalog import Checkpoint, find_model, resolve
+from app.runtime.catalog import Checkpoint, resolve
 from app.runtime.device import gpu_backend, use_device
 from app.runtime.worker import BackendInfo, Worker
 
@@ -40,14 +40,9 @@ class RunnerPool:
         self._device: str | None = None
 
     def load(self) -> BackendInfo:
-        """The default model (SEGMENT_MODEL), at start-up. FileNotFoundError when it is not
-        installed yet (an expected state, reported without a traceback)."""
-        checkpoint = find_model(self.settings, None)
-        if checkpoint is None:
-            raise FileNotFoundError(
-                f"Model {self.name!r} not found (looked in {self.settings.model_path()}). Run "
-                "`make models` to download it, or `make demo` to try a tiny random model."
-            )
+        """The default model (SEGMENT_MODEL), at start-up; a domain error saying what to do
+        when it is not installed (yet) or not whole."""
+        checkpoint = resolve(self.settings, None)
         self._runners[checkpoint.id] = self._load(checkpoint)
         self._note_loaded()
         assert self._device is not None

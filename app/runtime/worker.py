@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
-from app.errors import Busy, Cancelled, NotReady, TimedOut
+from app.errors import Busy, Cancelled, NotReady, ServiceError, TimedOut
 from app.model.messages import ModelEvent, ModelOutput, ModelRequest
 from app.runtime.catalog import Checkpoint
 from app.runtime.channel import Channel
@@ -225,9 +225,9 @@ class Worker:
                 self._info.device,
                 time.perf_counter() - started,
             )
-        except FileNotFoundError as exc:  # expected before `make models`: no traceback
-            self._state, self._reason = "error", str(exc)
-            log.warning("model not available yet (expected until it is installed): %s", exc)
+        except (FileNotFoundError, ServiceError) as exc:  # expected before `make models`
+            self._state, self._reason = "error", getattr(exc, "detail", None) or str(exc)
+            log.warning("model not available (expected until it is installed): %s", self._reason)
         except Exception as exc:
             self._state, self._reason = "error", str(exc) or exc.__class__.__name__
             log.exception("model failed to load: %s", self._reason)
