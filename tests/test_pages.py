@@ -17,7 +17,7 @@ from app.api.docs import ASSETS, ASSETS_URL, REDOC_CONTENT_SECURITY_POLICY, inst
 from app.api.headers import (
     CONTENT_SECURITY_POLICY,
     REFERRER_POLICY,
-    SecurityHeaders,
+    ResponseHeaders,
     install_headers,
 )
 from app.api.playground import STATIC, install_playground
@@ -166,7 +166,7 @@ def test_a_response_without_headers_still_gets_them() -> None:
         await send({"type": "http.response.start", "status": 204})
         await send({"type": "http.response.body", "body": b""})
 
-    response = TestClient(SecurityHeaders(bare)).get("/")  # no `with`: `bare` has no lifespan
+    response = TestClient(ResponseHeaders(bare)).get("/")  # no `with`: `bare` has no lifespan
     assert response.status_code == 204
     assert response.headers["x-content-type-options"] == "nosniff"
 

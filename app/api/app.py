@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.docs import install_docs
-from app.api.errors import RequestId, install_error_handlers
+from app.api.errors import install_error_handlers
 from app.api.guards import AccessGuard, BodyLimit, host_name, is_loopback
 from app.api.headers import install_headers
 from app.api.playground import install_playground
@@ -64,9 +64,9 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
     install_error_handlers(app)
     install_docs(app)
     install_playground(app)
-    # Added last = runs first: CORS answers preflights, every request gets an id, the guard
-    # refuses strangers, then the body limit counts bytes as they stream in (before the
-    # multipart parser spools them).
+    # Added last = runs first: every answer gets its id and headers, CORS answers preflights,
+    # the guard refuses strangers, then the body limit counts bytes as they stream in (before
+    # the multipart parser spools them).
     app.add_middleware(
         BodyLimit,
         # A JSON body carries the image in base64: 4/3 of its bytes.
@@ -74,7 +74,6 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(AccessGuard, settings=settings)
-    app.add_middleware(RequestId)
     if settings.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -83,6 +82,6 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    install_headers(app)  # last added = outermost: the guards' 403/401 get the headers too
+    install_headers(app)  # last added = outermost: the guards' refusals get the headers too
     app.include_router(api_routes(settings, worker, app.version))
     return app

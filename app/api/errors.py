@@ -1,19 +1,16 @@
 """Errors on the wire: `app.errors.report` turned into a JSON response (`{"detail": ...}`), from
-the exception handlers and from the ASGI guards that answer before routing; and the request id
-every response carries.
-"""
+the exception handlers and from the ASGI guards that answer before routing."""
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from app.errors import ErrorReport, ProtocolError, ServiceError, TooLarge, report
 from app.request import problem
@@ -21,34 +18,6 @@ from app.request import problem
 log = logging.getLogger("app")
 
 _UNPARSABLE_BODY = "There was an error parsing the body"  # Starlette's words for a broken form
-
-
-class RequestId:
-    """Give every request an id (logs, error details) and echo it in `X-Request-ID`.
-
-    Pure ASGI rather than `@app.middleware("http")`, which wraps errors raised while the body
-    streams in (the upload limit's 413) in exception groups.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = uuid.uuid4().hex[:12]
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            headers = message.get("headers", [])
-            if message["type"] == "http.response.start" and not any(
-                name.lower() == b"x-request-id" for name, _ in headers
-            ):
-                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 def install_error_handlers(app: FastAPI) -> None:
