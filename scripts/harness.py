@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,18 @@ def wait_healthy(service: TestClient | str, timeout_s: float = HEALTHY_WITHIN_S)
             assert last.get("status") == "loading", last
         time.sleep(0.05)
     raise AssertionError(f"the service did not become healthy in {timeout_s:g} s: {last}")
+
+
+def health_until(
+    client: TestClient, done: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = 10
+) -> dict[str, Any]:
+    """`GET /health` until `done(body)`; fails after `timeout_s` naming `what` and the last body."""
+    deadline = time.monotonic() + timeout_s
+    while not done(health := client.get("/health").json()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s:g} s; last /health: {health}")
+        time.sleep(0.01)
+    return health
 
 
 def free_port() -> int:

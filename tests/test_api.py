@@ -120,7 +120,9 @@ def test_segment_two_objects_end_to_end(service: Service) -> None:
 def test_masks_differ_with_their_codes(service: Service) -> None:
     same_box = locs(*CAT_LOC)
     text = f"{same_box}{segs(*range(16))} cat ; {same_box}{segs(*range(112, 128))} dog"
-    a, b = service.segment(text, image_bytes(gradient(320, 240))).json()["objects"]
+    response = service.segment(text, image_bytes(gradient(320, 240)))
+    assert response.status_code == 200, response.text
+    a, b = response.json()["objects"]
     assert a["box"] == b["box"] and a["mask"] != b["mask"]
 
 
@@ -150,6 +152,7 @@ def test_detect_prompt_gives_boxes_without_masks(service: Service) -> None:
         data={"prompt": "detect car"},
         files={"image_file": ("a.png", image_bytes(gradient(100, 100)))},
     )
+    assert response.status_code == 200, response.text
     body = response.json()
     assert body["prompt"] == "detect car"
     assert [(o["label"], o["mask"]) for o in body["objects"]] == [("car", None), ("car", None)]
@@ -157,8 +160,9 @@ def test_detect_prompt_gives_boxes_without_masks(service: Service) -> None:
 
 @pytest.mark.parametrize("fmt", ["rle", "polygon", "none"])
 def test_mask_formats(service: Service, fmt: str) -> None:
-    body = service.segment(CAT, image_bytes(gradient(200, 150)), mask_format=fmt).json()
-    mask = body["objects"][0]["mask"]
+    response = service.segment(CAT, image_bytes(gradient(200, 150)), mask_format=fmt)
+    assert response.status_code == 200, response.text  # an error body has no mask either
+    mask = response.json()["objects"][0]["mask"]
     if fmt == "rle":
         assert mask["size"] == [150, 200] and sum(mask["counts"]) == 150 * 200
     elif fmt == "polygon":
@@ -382,7 +386,7 @@ def test_missing_model_starts_anyway_and_says_how_to_fix_it(tmp_path: Path) -> N
     with local_client(create_app(settings)) as client:
         deadline = time.monotonic() + 30
         while (body := client.get("/health").json())["status"] == "loading":
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, f"still loading after 30 s: {body}"
             time.sleep(0.05)
         health = client.get("/health")
         assert health.status_code == 503 and body["status"] == "error"

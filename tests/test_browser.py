@@ -42,6 +42,7 @@ if sys.platform != "linux":  # pragma: no cover - the packages above are Debian'
     pytest.skip("browser tests run on Linux", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402 - only once the browser is known to be there
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -95,8 +96,24 @@ def by_id(driver: WebDriver, testid: str) -> WebElement:
     return driver.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
 
 
+def seen(driver: WebDriver) -> str:
+    """What the page shows now: its health and status lines, else the start of its text."""
+    shown = [
+        f"{testid}: {found[0].text!r}"
+        for testid in ("health", "status")
+        if (found := driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]'))
+    ]
+    return "; ".join(shown) or repr(driver.find_element(By.TAG_NAME, "body").text[:300])
+
+
 def wait(driver: WebDriver, condition: Any, message: str) -> Any:
-    return WebDriverWait(driver, TIMEOUT_S).until(lambda d: condition(d), message)
+    """`condition(driver)` once truthy; else fails after TIMEOUT_S with what the page shows."""
+    try:
+        return WebDriverWait(driver, TIMEOUT_S).until(lambda d: condition(d))
+    except TimeoutException:
+        raise AssertionError(
+            f"{message} within {TIMEOUT_S} s; {driver.current_url} shows {seen(driver)}"
+        ) from None
 
 
 def requested_urls(driver: WebDriver) -> list[str]:
@@ -132,17 +149,26 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     return path
 
 
-def test_playground_segments_a_dropped_in_image(
-    driver: WebDriver, demo: str, tmp_path: Path
-) -> None:
+def segment_on_the_page(driver: WebDriver, demo: str, image: Path) -> list[WebElement]:
+    """The playground, fresh, asked for `cat ; dog` in `image`: the listed objects."""
     driver.get(f"{demo}/")
     wait(driver, lambda d: by_id(d, "health").text.startswith("Ready"), "service never ready")
-    assert by_id(driver, "random-banner").is_displayed()
-    by_id(driver, "image-input").send_keys(str(scene(tmp_path / "street.jpg")))
+    by_id(driver, "image-input").send_keys(str(image))
     by_id(driver, "prompt-input").send_keys("cat ; dog")
     by_id(driver, "submit").click()
     wait(driver, lambda d: by_id(d, "status").text.startswith("Found"), "no answer")
-    objects = driver.find_elements(By.CSS_SELECTOR, '[data-testid="object"]')
+    return objects_listed(driver)
+
+
+def objects_listed(driver: WebDriver) -> list[WebElement]:
+    return driver.find_elements(By.CSS_SELECTOR, '[data-testid="object"]')
+
+
+def test_playground_segments_a_dropped_in_image(
+    driver: WebDriver, demo: str, tmp_path: Path
+) -> None:
+    objects = segment_on_the_page(driver, demo, scene(tmp_path / "street.jpg"))
+    assert by_id(driver, "random-banner").is_displayed()
     assert [o.text.split()[0] for o in objects] == ["cat", "dog"]
     assert all(o.text.split()[1] == "0.00" for o in objects)  # random weights: scores near 0
     overlay = by_id(driver, "overlay")
@@ -156,20 +182,33 @@ def test_playground_segments_a_dropped_in_image(
     assert_clean(driver, demo)
 
 
-def test_threshold_and_toggles_hide_objects(driver: WebDriver, demo: str) -> None:
-    """Runs on the page the previous test left: hiding changes the picture, not the list."""
-    if not driver.find_elements(By.CSS_SELECTOR, '[data-testid="object"]'):
-        pytest.skip("needs the result of the previous test")
+def test_threshold_and_toggles_hide_objects(driver: WebDriver, demo: str, tmp_path: Path) -> None:
+    """Hiding changes the picture, not the list: an object's checkbox hides it alone, the
+    score threshold hides all below it (random weights: every score is near 0)."""
+    assert len(segment_on_the_page(driver, demo, scene(tmp_path / "street.jpg"))) == 2
     canvas = by_id(driver, "overlay")
-    before = driver.execute_script("return arguments[0].toDataURL()", canvas)
+
+    def picture() -> str:
+        return str(driver.execute_script("return arguments[0].toDataURL()", canvas))
+
+    def hidden() -> list[bool]:
+        return ["below" in item.get_attribute("class") for item in objects_listed(driver)]
+
+    shown = picture()
+    assert hidden() == [False, False]
+    toggle = "input[type=checkbox]"
+    objects_listed(driver)[0].find_element(By.CSS_SELECTOR, toggle).click()  # the list re-renders
+    assert hidden() == [True, False]
+    one_hidden = picture()
+    assert one_hidden != shown
+    objects_listed(driver)[0].find_element(By.CSS_SELECTOR, toggle).click()
+    assert hidden() == [False, False] and picture() == shown
     slider = by_id(driver, "threshold")
     driver.execute_script(
         "arguments[0].value = 0.5; arguments[0].dispatchEvent(new Event('input'))", slider
     )
-    items = driver.find_elements(By.CSS_SELECTOR, '[data-testid="object"]')
-    assert all("below" in item.get_attribute("class") for item in items)
-    hidden = driver.execute_script("return arguments[0].toDataURL()", canvas)
-    assert hidden != before
+    assert hidden() == [True, True]
+    assert picture() not in (shown, one_hidden)
     assert_clean(driver, demo)
 
 
@@ -245,7 +284,9 @@ def test_api_docs_render_offline(
 def test_redoc_search_runs_in_its_worker(driver: WebDriver, demo: str) -> None:
     """ReDoc searches in a Worker made from a blob: URL; blocked, it finds nothing, silently."""
     driver.get(f"{demo}/redoc")
-    search = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input.search-input"), "")
+    search = wait(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input.search-input"), "no search box"
+    )
     search[0].send_keys("segment")
     results = "[data-role='search:results'] > *"
     wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, results), "search found nothing")
@@ -255,9 +296,14 @@ def test_redoc_search_runs_in_its_worker(driver: WebDriver, demo: str) -> None:
 def test_swagger_try_it_out_calls_the_service(driver: WebDriver, demo: str, tmp_path: Path) -> None:
     """`connect-src 'self'` lets Swagger UI fetch /openapi.json and send /segment."""
     driver.get(f"{demo}/docs")
-    operation = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-post"), "")[0]
+    operation = wait(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-post"), "no POST operation"
+    )[0]
     operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
-    wait(driver, lambda d: operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"), "")[0].click()
+    try_it = wait(
+        driver, lambda d: operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"), "no Try it"
+    )
+    try_it[0].click()
     content_type = operation.find_element(By.CSS_SELECTOR, ".body-param-content-type select")
     content_type.find_element(By.CSS_SELECTOR, "option[value='multipart/form-data']").click()
     # Swagger fills every text field with its example, "string": an image_url would then

@@ -110,8 +110,9 @@ def test_bad_arguments_exit_2(tiny_model_dir: Path, images: list[Path]) -> None:
     settings = tiny_settings(tiny_model_dir)
     assert run_cli([str(images[0]), "--prompt", "   "], settings) == 2
     assert run_cli([str(images[0]), "--prompt", "cat", "--overlay"], settings) == 2
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         build_parser().parse_args(["segment", "a.png", "--prompt", "x", "--mask-format", "jpg"])
+    assert refused.value.code == 2
 
 
 @pytest.fixture(scope="module")

@@ -212,6 +212,23 @@ def test_random_model_always_gives_a_well_formed_object(tiny_model_dir: Path) ->
             assert obj.score is not None and obj.score < 0.05
 
 
-def test_constraining_can_be_turned_off(tiny_model_dir: Path) -> None:
-    runner = load_runner(tiny_model_dir, constrained=False)
-    assert runner.grammar("segment cat") is None
+def test_constraining_can_be_turned_off(tiny_model_dir: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """SEGMENT_CONSTRAINED=false: the model's own words stand. A box without codes in a segment
+    answer is off-grammar: constrained, it gets codes (a mask); unconstrained, it stays a box."""
+    box_only = locs(100, 200, 600, 700) + " cat"
+    script = ScriptedOutput(tokenizer, box_only)
+    answers = {}
+    for constrained in (True, False):
+        runner = Runner.load(
+            "tiny",
+            tiny_model_dir,
+            tiny_settings(tiny_model_dir, warmup=False, constrained=constrained),
+            random_weights=True,
+            logits_processors=script.processors,
+        )
+        answers[constrained] = run(runner, noise(0), "segment cat")
+    objects, text = answers[False]
+    assert text == box_only
+    assert [o.label for o in objects] == ["cat"] and objects[0].raw_mask is None
+    objects, text = answers[True]  # the same model, the same wishes, the grammar on
+    assert text != box_only and len(objects) == 1 and objects[0].raw_mask is not None, text

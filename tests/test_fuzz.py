@@ -3,17 +3,15 @@ and every response must match the documented schema."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from app.api.app import create_app
-from scripts.harness import live_server, tiny_settings
+from scripts.harness import live_server, tiny_settings, wait_healthy
 
 pytestmark = pytest.mark.slow  # starts a server process or a live server
 
@@ -27,10 +25,7 @@ def api_schema(tiny_model_dir: Path) -> Iterator[Any]:
     # Few new tokens: fuzzed requests that reach the model stay fast.
     app = create_app(tiny_settings(tiny_model_dir, max_new_tokens=8))
     with live_server(app) as url:
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{url}/health").status_code != 200:
-            assert time.monotonic() < deadline, "the tiny model did not load"
-            time.sleep(0.1)
+        wait_healthy(url, timeout_s=60)  # fails with the last /health answer, not a bare False
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 

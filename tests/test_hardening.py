@@ -23,7 +23,7 @@ from PIL import Image
 from app.config import Settings
 from app.errors import ClientGone
 from app.model.messages import ModelRequest
-from scripts.harness import live_server, local_client, wait_healthy
+from scripts.harness import health_until, live_server, local_client, wait_healthy
 from tests.fake_model import FakeService, Hold, fake_service
 from tests.images import exif_rotated_jpeg, gradient, image_bytes
 
@@ -230,7 +230,8 @@ def test_awkward_but_valid_images_are_converted(
 
 
 def test_first_frame_is_the_one_segmented(client: TestClient, fake: FakeService) -> None:
-    post(client, files=upload(multi_frame("GIF"), "a.gif"))
+    response = post(client, files=upload(multi_frame("GIF"), "a.gif"))
+    assert response.status_code == 200, response.text
     r, _, b = fake.model.images[-1].getpixel((5, 5))
     assert r > 200 and b < 50
 
@@ -322,10 +323,9 @@ def test_cross_site_posts_are_refused(client: TestClient) -> None:
     assert response.status_code == 403 and "SEGMENT_ALLOWED_ORIGINS" in response.json()["detail"]
     null_origin = post(client, files=upload(PNG), headers={"Origin": "null"})
     assert null_origin.status_code == 403
-    assert (
-        "access-control-allow-origin"
-        not in client.get("/health", headers={"Origin": "https://evil.example"}).headers
-    )
+    health = client.get("/health", headers={"Origin": "https://evil.example"})
+    assert health.status_code == 200, health.text  # an error answer lacks the header too
+    assert "access-control-allow-origin" not in health.headers
 
 
 def test_same_origin_and_configured_origins_are_allowed() -> None:
@@ -375,18 +375,19 @@ def test_full_queue_answers_503_with_retry_after() -> None:
     fake.model.enqueue(*holds)
     with serve(fake) as client, ThreadPoolExecutor(4) as pool:
         wait_healthy(client)
-        running = pool.submit(post, client, files=upload(PNG))
-        assert holds[0].started.wait(10)
-        waiting = pool.submit(post, client, files=upload(PNG))
-        while client.get("/health").json()["waiting"] < 1:
-            pass
-        health = client.get("/health").json()
-        assert (health["waiting"], health["running"]) == (1, 1)
-        rejected = post(client, files=upload(PNG))
-        assert rejected.status_code == 503 and rejected.headers["retry-after"]
-        assert "1 requests are already waiting" in rejected.json()["detail"]
-        for hold in holds:
-            hold.release.set()
+        try:  # released whatever happens: a failed check must not leave the pool waiting
+            running = pool.submit(post, client, files=upload(PNG))
+            assert holds[0].started.wait(10)
+            waiting = pool.submit(post, client, files=upload(PNG))
+            health_until(client, lambda h: h["waiting"] >= 1, "the second request never queued")
+            health = client.get("/health").json()
+            assert (health["waiting"], health["running"]) == (1, 1)
+            rejected = post(client, files=upload(PNG))
+            assert rejected.status_code == 503 and rejected.headers["retry-after"]
+            assert "1 requests are already waiting" in rejected.json()["detail"]
+        finally:
+            for hold in holds:
+                hold.release.set()
         assert running.result().status_code == 200 and waiting.result().status_code == 200
 
 
@@ -472,11 +473,12 @@ def test_a_burst_of_twenty_from_one_app_queues_instead_of_failing() -> None:
     fake.model.enqueue(hold)
     with serve(fake) as client, ThreadPoolExecutor(21) as pool:
         wait_healthy(client)
-        first = pool.submit(post, client, files=upload(PNG))
-        assert hold.started.wait(10)
-        burst = [pool.submit(post, client, files=upload(PNG)) for _ in range(20)]
-        while client.get("/health").json()["waiting"] < 20:
-            pass
-        hold.release.set()
+        try:  # released whatever happens: a failed check must not leave the pool waiting
+            first = pool.submit(post, client, files=upload(PNG))
+            assert hold.started.wait(10)
+            burst = [pool.submit(post, client, files=upload(PNG)) for _ in range(20)]
+            health_until(client, lambda h: h["waiting"] >= 20, "the burst never all queued")
+        finally:
+            hold.release.set()
         codes = [f.result().status_code for f in [first, *burst]]
     assert codes == [200] * 21

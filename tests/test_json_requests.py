@@ -4,6 +4,7 @@ POST /segment/ (what clients of the service this one replaces call)."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,12 @@ def test_json_gets_the_same_answer_as_the_form(
 def test_json_streams_too(client: TestClient) -> None:
     body = {"prompt": "cat", "image": base64.b64encode(PNG).decode(), "stream": True}
     with client.stream("POST", "/segment", json=body) as response:
-        lines = [line for line in response.iter_lines() if line]
-    assert response.headers["content-type"] == "application/x-ndjson" and len(lines) == 2
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert response.status_code == 200, lines
+    assert response.headers["content-type"] == "application/x-ndjson"
+    # An error after the first line is a line too: the kinds matter, not only the count.
+    assert [line["type"] for line in lines] == ["object", "done"], lines
+    assert lines[1]["objects"] == [lines[0]["object"]]
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from app.api.app import create_app
@@ -50,7 +48,10 @@ def test_the_two_commands_come_first() -> None:
 
 
 def test_python_api_example_runs(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from app.config import get_settings
     from tests.images import gradient
@@ -66,6 +67,11 @@ def test_python_api_example_runs(
         exec(compile(code, "README.md", "exec"), {})
     finally:
         get_settings.cache_clear()
+    # The loop printed one line per object (with no objects it prints nothing, and a mask
+    # of None never reaches `.shape`): the demo model finds one cat and one dog.
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in lines) == ["cat", "dog"], lines
+    assert all(line.endswith("(90, 120)") for line in lines), lines  # each mask (h, w)
 
 
 def test_cli_example_uses_real_options() -> None:
@@ -84,16 +90,14 @@ def test_streaming_example_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from app.api.app import create_app
-    from scripts.harness import live_server, tiny_settings
+    from scripts.harness import live_server, tiny_settings, wait_healthy
     from tests.images import gradient
 
     code = README.split("```python\nimport json, requests", 1)[1].split("```", 1)[0]
     gradient(120, 90).save(tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
     with live_server(create_app(tiny_settings(tiny_model_dir))) as url:
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{url}/health").status_code != 200:
-            assert time.monotonic() < deadline
+        wait_healthy(url, timeout_s=60)  # fails with the last /health answer, not a bare False
         code = "import json, requests" + code.replace("http://127.0.0.1:8000", url)
         exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out

@@ -38,8 +38,8 @@ class Server(AppProcess):
     def wait_generating(self, timeout_s: float = 10) -> None:
         """Until /health counts the request as running, plus a moment to reach the token loop."""
         deadline = time.monotonic() + timeout_s
-        while httpx.get(f"{self.url}/health", timeout=2).json()["running"] < 1:
-            assert time.monotonic() < deadline, "the request never reached the worker"
+        while (health := httpx.get(f"{self.url}/health", timeout=2).json())["running"] < 1:
+            assert time.monotonic() < deadline, f"the request never reached the worker: {health}"
             time.sleep(0.02)
         time.sleep(0.3)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.config import Settings
 from app.steps.objects import DecodedObject
-from scripts.harness import live_server, local_client, tiny_settings, wait_healthy
+from scripts.harness import health_until, live_server, local_client, tiny_settings, wait_healthy
 from tests.fake_model import Hold, fake_service
 from tests.images import gradient, image_bytes
 
@@ -65,23 +65,24 @@ def test_bad_input_and_a_full_queue_keep_their_status_codes() -> None:
     fake = fake_service(Settings(model="fake/model", warmup=False, max_queue=1))  # type: ignore[call-arg]
     holds = [Hold(), Hold()]
     fake.model.enqueue(*holds)
-    with local_client(fake.app()) as client:
+    with local_client(fake.app()) as client, ThreadPoolExecutor(2) as pool:
         wait_healthy(client)
         response, [body] = stream(client, prompt="   ")
         assert response.status_code == 400 and "prompt is empty" in body["detail"]
-        threads = [threading.Thread(target=stream, args=(client,)) for _ in holds]
-        threads[0].start()
-        assert holds[0].started.wait(10)
-        threads[1].start()
-        while client.get("/health").json()["waiting"] < 1:
-            pass
-        full, [body] = stream(client)
-        assert full.status_code == 503 and full.headers["retry-after"]
-        assert "already waiting" in body["detail"]
-        for hold in holds:
-            hold.release.set()
-        for thread in threads:
-            thread.join(10)
+        try:  # released whatever happens: a failed check must not leave the pool waiting
+            held = [pool.submit(stream, client)]
+            assert holds[0].started.wait(10)
+            held.append(pool.submit(stream, client))
+            health_until(client, lambda h: h["waiting"] >= 1, "the second request never queued")
+            full, [body] = stream(client)
+            assert full.status_code == 503 and full.headers["retry-after"]
+            assert "already waiting" in body["detail"]
+        finally:
+            for hold in holds:
+                hold.release.set()
+        for future in held:  # the two admitted ones were answered in full
+            answered, lines = future.result(timeout=10)
+            assert answered.status_code == 200 and lines[-1]["type"] == "done", lines
 
 
 def test_an_error_after_the_first_line_is_one_error_line() -> None:
@@ -138,6 +139,14 @@ def test_an_object_is_sent_while_the_model_is_still_generating() -> None:
     assert done["type"] == "done" and done["objects"] == [first["object"]]
 
 
+def wait_idle(url: str, timeout_s: float = 10) -> None:
+    """The job leaves the worker thread right after it sees the cancel: wait for that."""
+    deadline = time.monotonic() + timeout_s
+    while (health := httpx.get(f"{url}/health", timeout=5).json())["running"]:
+        assert time.monotonic() < deadline, f"the worker never went idle: {health}"
+        time.sleep(0.02)
+
+
 def test_a_client_that_leaves_stops_the_generation() -> None:
     fake = fake_service(Settings(model="fake/model", warmup=False))  # type: ignore[call-arg]
     hold = Hold()
@@ -151,7 +160,7 @@ def test_a_client_that_leaves_stops_the_generation() -> None:
             assert hold.started.wait(10)
         # The connection is closed: the worker must be told to stop.
         assert hold.cancelled.wait(10)
-        assert httpx.get(f"{url}/health", timeout=5).json()["running"] == 0
+        wait_idle(url)
 
 
 def test_a_client_that_leaves_mid_stream_leaves_no_task_behind(
@@ -172,9 +181,6 @@ def test_a_client_that_leaves_mid_stream_leaves_no_task_behind(
             with httpx.stream("POST", f"{url}/segment", data=data, files=files, timeout=10) as r:
                 assert json.loads(next(r.iter_lines()))["type"] == "object"
             assert isinstance(hold, Hold) and hold.cancelled.wait(10)
-        deadline = time.monotonic() + 10
-        while httpx.get(f"{url}/health", timeout=5).json()["running"]:
-            assert time.monotonic() < deadline, "the worker never went idle"
-            time.sleep(0.02)
+        wait_idle(url)
         gc.collect()
     assert "Task was destroyed" not in caplog.text, caplog.text
