@@ -156,10 +156,7 @@ class Pipeline:
                 yield placed
         timings = {
             "decode_image": (prepared.decoded - prepared.started) * 1000,
-            "queue_wait": max(
-                (inferred - prepared.decoded) * 1000 - sum(output.timings_ms.values()), 0.0
-            ),
-            **output.timings_ms,
+            **output.timings_ms,  # (load,) queue_wait, preprocess, vision, prefill, generate, ...
             "masks": (time.perf_counter() - inferred) * 1000,  # what placement adds at the end
         }
         overlay = image_png = None

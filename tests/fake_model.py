@@ -1,15 +1,17 @@
 """A backend without a model: the test queues its replies (outputs, errors, or a hold).
 
 Passed to the real `Worker` through its constructor, as the real backend is, so queueing,
-timeouts, cancellation and health run for real (simonw/llm's MockModel pattern).
+batching, timeouts, cancellation and health run for real (simonw/llm's MockModel pattern).
+A reply's objects come out one per step of the batch, then its output, as a generation
+completes objects on its way.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -17,16 +19,16 @@ from PIL import Image
 
 from app.api.app import create_app
 from app.config import Settings, keep_alive_seconds
-from app.errors import BadInput, Cancelled
+from app.errors import BadInput
 from app.model.messages import DecodedObject, ModelEvent, ModelOutput, ModelRequest
 from app.runtime.catalog import Checkpoint
-from app.runtime.worker import BackendInfo, Worker
+from app.runtime.worker import BackendInfo, Keyed, Worker
 
 
 @dataclass
 class Hold:
-    """Keep the worker busy until released or cancelled, as a long generation would; the
-    `found` objects are handed out first, as a generation completes objects on its way."""
+    """Keep its place in the batch until released or dropped, as a long generation would; the
+    `found` objects are handed out first."""
 
     found: list[DecodedObject] = field(default_factory=list)
     started: threading.Event = field(default_factory=threading.Event)
@@ -46,6 +48,65 @@ class Reply:
 Queued = Reply | Exception | Hold
 
 
+@dataclass(eq=False)
+class _Running:
+    request: ModelRequest
+    reply: Reply | Hold
+    left: deque[DecodedObject]
+
+
+class FakeBatch:
+    """The running batch of the fake model: each step hands every request its next object."""
+
+    def __init__(self, backend: FakeBackend) -> None:
+        self.backend = backend
+        self.running: dict[Hashable, _Running] = {}
+        self.largest = 0  # the most requests that ever ran together
+
+    @property
+    def active(self) -> int:
+        return len(self.running)
+
+    def start(self, key: Hashable, request: ModelRequest) -> list[Keyed]:
+        self.backend.requests.append(request)
+        backend = self.backend
+        reply = backend.replies.popleft() if backend.replies else Reply()
+        if isinstance(reply, Exception):
+            raise reply
+        found = reply.found if isinstance(reply, Hold) else reply.objects
+        self.running[key] = _Running(request, reply, deque(found))
+        self.largest = max(self.largest, len(self.running))
+        if isinstance(reply, Hold):
+            reply.started.set()
+        return []
+
+    def step(self) -> list[Keyed]:
+        events: list[Keyed] = []
+        for key, run in list(self.running.items()):
+            if run.left:
+                events.append((key, run.left.popleft()))
+                continue
+            if isinstance(run.reply, Hold) and not run.reply.release.is_set():
+                continue
+            events.append((key, self._output(run)))
+            del self.running[key]
+        if not events:
+            threading.Event().wait(0.005)  # a step takes time: no busy spin while holding
+        return events
+
+    def drop(self, key: Hashable) -> None:
+        run = self.running.pop(key)
+        if isinstance(run.reply, Hold):
+            run.reply.cancelled.set()
+
+    @staticmethod
+    def _output(run: _Running) -> ModelEvent:
+        model = run.request.model_id
+        if isinstance(run.reply, Hold):
+            return ModelOutput(text="", timings_ms={}, model=model)
+        return ModelOutput(text=run.reply.text, timings_ms=run.reply.timings_ms, model=model)
+
+
 class FakeBackend:
     """`input_sizes`: the checkpoints it pretends to have, by id, and their input sizes (the
     default one alone at 224 px unless told otherwise)."""
@@ -56,6 +117,7 @@ class FakeBackend:
         self.replies: deque[Queued] = deque()
         self.requests: list[ModelRequest] = []
         self.loads = self.unloads = 0
+        self.fake_batch = FakeBatch(self)
 
     @property
     def images(self) -> list[Image.Image]:
@@ -81,32 +143,12 @@ class FakeBackend:
         size = self.input_sizes[name]
         return Checkpoint(name, Path(name), size, None, 0, random_weights=False)
 
-    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> Iterator[ModelEvent]:
-        """Like the real backend: loads first when unloaded, with `load` in the timings."""
-        reloaded = not self.loaded_models()
-        if reloaded:
-            self.load()
-        for event in self._reply(request, cancelled):
-            if isinstance(event, ModelOutput) and reloaded:
-                event = replace(event, timings_ms={"load": 0.1, **event.timings_ms})
-            yield event
-
-    def _reply(self, request: ModelRequest, cancelled: Callable[[], bool]) -> Iterator[ModelEvent]:
-        self.requests.append(request)
-        reply = self.replies.popleft() if self.replies else Reply()
-        if isinstance(reply, Exception):
-            raise reply
-        if isinstance(reply, Hold):
-            yield from reply.found
-            reply.started.set()
-            while not reply.release.wait(0.01):
-                if cancelled():  # the real generation checks this between tokens
-                    reply.cancelled.set()
-                    raise Cancelled("abandoned")
-            yield ModelOutput(text="", timings_ms={}, model=request.model_id)
-            return
-        yield from reply.objects
-        yield ModelOutput(text=reply.text, timings_ms=reply.timings_ms, model=request.model_id)
+    def batch(self, model_id: str) -> tuple[FakeBatch, float | None]:
+        """Like the real backend: loads first when unloaded, and says how long that took."""
+        if self.loaded_models():
+            return self.fake_batch, None
+        self.load()
+        return self.fake_batch, 0.1
 
 
 @dataclass
@@ -128,5 +170,6 @@ def fake_service(settings: Settings, input_sizes: dict[str, int] | None = None) 
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,
         keep_alive_s=keep_alive_seconds(settings.keep_alive),
+        max_batch=settings.max_batch,
     )
     return FakeService(settings, model, worker)

@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from app.model.demo import MIN_BOX, demo_objects
+from app.model.generation import generate
 from app.model.grammar import OutputGrammar
 from app.model.messages import DecodedObject, ModelOutput, ModelRequest
 from app.model.paligemma import PaliGemma
@@ -170,12 +171,17 @@ def test_forced_valid_output_gives_identical_ids_with_and_without_the_grammar(
 ) -> None:  # type: ignore[no-untyped-def]
     script = ScriptedOutput(tokenizer, text)
     prompt = f"{task} {' ; '.join(classes)}"
-    free = model.generate(
-        noise(0), prompt, max_new_tokens=60, logits_processors=script.processors()
+    free = generate(
+        model, noise(0), prompt, max_new_tokens=60, logits_processors=script.processors()
     )
     grammar = OutputGrammar(model.vocabulary, task=task, classes=classes)
-    constrained = model.generate(
-        noise(0), prompt, max_new_tokens=60, logits_processors=script.processors(), grammar=grammar
+    constrained = generate(
+        model,
+        noise(0),
+        prompt,
+        max_new_tokens=60,
+        logits_processors=script.processors(),
+        grammar=grammar,
     )
     assert constrained.text == free.text == text
     # Scores come from the model's own distribution (here the scripted one), not the grammar's.
@@ -183,9 +189,11 @@ def test_forced_valid_output_gives_identical_ids_with_and_without_the_grammar(
 
 
 def run(runner: Runner, image: Image.Image, prompt: str) -> tuple[list[DecodedObject], str]:
-    """A request's objects and its text, straight from the runner (no worker)."""
-    events = list(runner.run(ModelRequest(image, prompt, 200, runner.name), lambda: False))
-    *objects, output = events
+    """A request's objects and its text, straight from the runner (a batch of one, no worker)."""
+    events = runner.start("one", ModelRequest(image, prompt, 200, runner.name))
+    while not events or not isinstance(events[-1][1], ModelOutput):
+        events += runner.step()
+    *objects, output = [event for _, event in events]
     assert isinstance(output, ModelOutput)
     return [o for o in objects if isinstance(o, DecodedObject)], output.text
 

@@ -370,7 +370,7 @@ def test_warning_when_exposed_without_a_token(caplog: pytest.LogCaptureFixture) 
 
 # -- load and faults ---------------------------------------------------------------------------
 def test_full_queue_answers_503_with_retry_after() -> None:
-    fake = fake_service(make_settings(max_queue=1))
+    fake = fake_service(make_settings(max_queue=1, max_batch=1))  # one decodes, one may wait
     holds = [Hold(), Hold()]
     fake.model.enqueue(*holds)
     with serve(fake) as client, ThreadPoolExecutor(4) as pool:
@@ -468,7 +468,7 @@ def test_service_survives_concurrent_mixed_requests(client: TestClient) -> None:
 
 
 def test_a_burst_of_twenty_from_one_app_queues_instead_of_failing() -> None:
-    fake = fake_service(make_settings())  # the default queue
+    fake = fake_service(make_settings(max_batch=1))  # the default queue behind a busy model
     hold = Hold()
     fake.model.enqueue(hold)
     with serve(fake) as client, ThreadPoolExecutor(21) as pool:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from app.model.dtype_policy import apply_dtype_policy, choose_float32
 from app.model.feature_cache import FeatureCache
+from app.model.generation import generate
 from app.model.paligemma import PaliGemma
 
 GB = 1024**3
@@ -22,7 +23,7 @@ def noise(seed: int = 0) -> Image.Image:
 
 
 def generated(model: PaliGemma, image: Image.Image, prompt: str) -> list[tuple[str, float | None]]:
-    return [(p.text, p.prob) for p in model.generate(image, prompt, max_new_tokens=12).pieces]
+    return [(p.text, p.prob) for p in generate(model, image, prompt, max_new_tokens=12).pieces]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,8 @@ def uncached(tiny_model_dir: Path) -> PaliGemma:
 
 def test_second_prompt_on_the_same_image_skips_the_vision_tower(cached: PaliGemma) -> None:
     image = noise(1)
-    first = cached.generate(image, "segment cat", max_new_tokens=4)
-    second = cached.generate(image, "detect dog", max_new_tokens=4)
+    first = generate(cached, image, "segment cat", max_new_tokens=4)
+    second = generate(cached, image, "detect dog", max_new_tokens=4)
     assert cached.feature_cache.hits >= 1 and len(cached.feature_cache) >= 1
     assert second.timings_ms["vision"] < first.timings_ms["vision"]
 
@@ -52,7 +53,7 @@ def test_cache_does_not_change_outputs(cached: PaliGemma, uncached: PaliGemma) -
 
 
 def test_disabled_cache_keeps_nothing(uncached: PaliGemma) -> None:
-    uncached.generate(noise(4), "segment cat", max_new_tokens=2)
+    generate(uncached, noise(4), "segment cat", max_new_tokens=2)
     assert len(uncached.feature_cache) == 0
 
 

@@ -177,7 +177,10 @@ def test_memory_stays_flat_across_many_model_swaps(models_dir: Path) -> None:
     def swap(index: int) -> None:  # on one thread, as the worker runs them
         model_id = ("local/tiny-a", "local/tiny-b")[index % 2]
         request = ModelRequest(Image.new("RGB", (224, 224)), "segment cat", 4, model_id)
-        assert isinstance(list(pool.run(request, lambda: False))[-1], ModelOutput)
+        runner, _ = pool.batch(model_id)
+        events = runner.start("one", request)
+        while not events or not isinstance(events[-1][1], ModelOutput):
+            events += runner.step()
 
     def run() -> float:
         pool.load()

@@ -27,6 +27,7 @@ torch = pytest.importorskip("torch")
 import mlx.core as mx  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from app.model.generation import generate  # noqa: E402
 from app.model.paligemma import PaliGemma, match_reference_image_scaling  # noqa: E402
 from tests.images import gradient  # noqa: E402
 
@@ -198,7 +199,7 @@ def test_greedy_generation_matches(
 
     # And the wrapper's own generate() says the same thing.
     text_ids = [t for t in expected if t not in stop_ids]
-    generation = ours.generate(picture, prompt, max_new_tokens=NEW_TOKENS)
+    generation = generate(ours, picture, prompt, max_new_tokens=NEW_TOKENS)
     assert generation.text == ours.tokenizer.decode(text_ids, skip_special_tokens=True)
     assert generation.record.prompt_tokens == prompt_len
 

@@ -62,7 +62,7 @@ def test_objects_then_one_done_equal_to_the_plain_answer(
 
 
 def test_bad_input_and_a_full_queue_keep_their_status_codes() -> None:
-    fake = fake_service(Settings(model="fake/model", warmup=False, max_queue=1))  # type: ignore[call-arg]
+    fake = fake_service(Settings(model="fake/model", warmup=False, max_queue=1, max_batch=1))  # type: ignore[call-arg]
     holds = [Hold(), Hold()]
     fake.model.enqueue(*holds)
     with local_client(fake.app()) as client, ThreadPoolExecutor(2) as pool:

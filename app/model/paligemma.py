@@ -1,15 +1,15 @@
-"""PaliGemma through mlx-vlm: load once, then greedy generation with per-token probabilities.
+"""PaliGemma through mlx-vlm: load once; prepare a request's inputs exactly as the checkpoint's
+processor would; prefill one prompt; decode a batch one token further.
 
-Everything here touches MLX, so it must run on the service's single MLX thread.
+Decoding itself (many sequences at once, with their grammars and budgets) is
+app/model/generation.py. Everything here touches MLX: the service's MLX thread only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,43 +18,14 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from app.errors import Cancelled
 from app.model.dtype_policy import DtypePolicy, apply_dtype_policy
 from app.model.feature_cache import FeatureCache
-from app.model.grammar import OutputGrammar
 from app.model.vocab import TokenLayout, Vocabulary
 from app.steps.tokens import Piece
 
 log = logging.getLogger(__name__)
 
-LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 PROMPT_CACHE_ENTRIES = 256  # tokenized prompts kept (a few KB each)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """The record that ends a generation, after its last piece."""
-
-    text: str
-    prompt_tokens: int
-    new_tokens: int  # generated, the stop token not counted
-    timings_ms: dict[str, float]  # preprocess, vision (0 when cached), generate
-
-
-@dataclass(frozen=True)
-class Generated:
-    """A whole generation at once: its record and every piece."""
-
-    record: Generation
-    pieces: list[Piece]
-
-    @property
-    def text(self) -> str:
-        return self.record.text
-
-    @property
-    def timings_ms(self) -> dict[str, float]:
-        return self.record.timings_ms
 
 
 class PaliGemma:
@@ -168,101 +139,64 @@ class PaliGemma:
         self.feature_cache.put(key, features)
         return features
 
-    def stream(
-        self,
-        image: Image.Image,
-        prompt: str,
-        *,
-        max_new_tokens: int,
-        logits_processors: Sequence[LogitsProcessor] = (),
-        grammar: OutputGrammar | None = None,
-        cancelled: Callable[[], bool] = lambda: False,
-    ) -> Iterator[Piece | Generation]:
-        """Greedy decoding until a stop token or `max_new_tokens`: each piece as soon as it is
-        known (a loc/seg token at once, a text run when it ends), then one `Generation`.
+    def prefill(self, image: Image.Image, prompt: str) -> Prefilled:
+        """One prompt's prefix through the language model, alone: the KV cache it leaves and the
+        logits of the first new token.
 
-        Checks `cancelled` before each token. With a `grammar`, it runs last among the logits
-        processors and each token's probability is the one the model gave before the grammar
-        masked anything. Timings count this generator's own work, not the time its consumer
-        spends between pieces (decoding a mask, say).
+        The same operations as mlx-vlm's `generate_step` (image features merged into the
+        embeddings, the prefix in chunks of its prefill step, the last token apart), so a
+        sequence decoded from here gives what that reference gives.
         """
-        from mlx_vlm.generate.ar import generate_step
+        # mlx-vlm's own chunk size, so the numerics are the reference's (imported here: the
+        # module makes an MLX stream when imported, which belongs on this thread).
+        from mlx_vlm.generate.common import DEFAULT_PREFILL_STEP_SIZE
+        from mlx_vlm.models.cache import make_prompt_cache
 
         started = time.perf_counter()
         inputs = self.prepare(image, prompt)
         prepared = time.perf_counter()
         features = self.image_features(inputs["pixel_values"])
         encoded = time.perf_counter()
-        new_tokens = 0
-        texts: list[str] = []
-        pieces = PieceStream(self.layout, self.tokenizer)
-        processors: list[LogitsProcessor] = [*logits_processors]
-        if grammar is not None:
-            processors.append(grammar)  # last: it sees what the model (and any test seam) said
-        steps = generate_step(
-            inputs["input_ids"],
-            self.module,
-            inputs["pixel_values"],
-            inputs["mask"],
-            max_tokens=max_new_tokens,
-            temperature=0.0,
-            logits_processors=processors or None,
-            cached_image_features=features,
+        ids = inputs["input_ids"]
+        embedded = self.module.get_input_embeddings(
+            ids, inputs["pixel_values"], mask=inputs["mask"], cached_image_features=features
         )
-        generating_s, resumed = 0.0, encoded
-        for token, logprobs in steps:
-            if cancelled():
-                raise Cancelled("generation abandoned")
-            if grammar is not None:
-                logprob = grammar.model_logprob(int(token))
-            else:
-                logprob = float(logprobs[token].item())  # type: ignore[arg-type]
-            if token in self.layout.stop_ids:
-                break
-            new_tokens += 1
-            for piece in pieces.feed(int(token), math.exp(logprob)):
-                texts.append(piece.text)
-                generating_s += time.perf_counter() - resumed
-                yield piece
-                resumed = time.perf_counter()
-        for piece in pieces.finish():
-            texts.append(piece.text)
-            yield piece
-        generating_s += time.perf_counter() - resumed
-        yield Generation(
-            text="".join(texts),
-            prompt_tokens=int(inputs["input_ids"].shape[1]),
-            new_tokens=new_tokens,
+        embeds = embedded.inputs_embeds  # (1, L, hidden)
+        prompt_tokens = int(ids.shape[1])
+        language = self.module.language_model
+        cache = make_prompt_cache(language)
+        while embeds.shape[1] > 1:
+            chunk = min(DEFAULT_PREFILL_STEP_SIZE, embeds.shape[1] - 1)
+            language(ids[:, :chunk], inputs_embeds=embeds[:, :chunk], cache=cache)
+            mx.eval([c.state for c in cache])
+            ids, embeds = ids[:, chunk:], embeds[:, chunk:]
+        logits = language(ids, inputs_embeds=embeds, cache=cache).logits[:, -1, :]  # (1, V)
+        mx.eval(logits)
+        return Prefilled(
+            logits=logits,
+            cache=cache,
+            last_prompt_token=int(np.asarray(ids)[0, -1]),
+            prompt_tokens=prompt_tokens,
             timings_ms={
                 "preprocess": (prepared - started) * 1000,
                 "vision": (encoded - prepared) * 1000,
-                "generate": generating_s * 1000,
+                "prefill": (time.perf_counter() - encoded) * 1000,
             },
         )
 
-    def generate(
-        self,
-        image: Image.Image,
-        prompt: str,
-        *,
-        max_new_tokens: int,
-        logits_processors: Sequence[LogitsProcessor] = (),
-        grammar: OutputGrammar | None = None,
-    ) -> Generated:
-        """`stream` run to its end: every piece and the record (warm-up, tests, benchmarks)."""
-        pieces: list[Piece] = []
-        for item in self.stream(
-            image,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            logits_processors=logits_processors,
-            grammar=grammar,
-        ):
-            if isinstance(item, Piece):
-                pieces.append(item)
-            else:
-                return Generated(item, pieces)
-        raise AssertionError("stream() always ends with its Generation")
+    def decode(self, tokens: mx.array, cache: list[Any]) -> mx.array:
+        """Logits (B, V) of the next token of every row, fed its last token (B,) against the
+        batch's KV cache (which this extends by one position)."""
+        return self.module.language_model(tokens[:, None], cache=cache).logits[:, -1, :]
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    logits: mx.array  # (1, V): the first new token's
+    cache: list[Any]  # one KV cache per layer, holding the whole prompt
+    last_prompt_token: int  # what logits processors see as the context before any new token
+    prompt_tokens: int
+    timings_ms: dict[str, float]  # preprocess, vision (0 when cached), prefill
 
 
 class PieceStream:

@@ -1,9 +1,10 @@
-"""One loaded checkpoint: PaliGemma and the mask decoder, run one request at a time.
+"""One loaded checkpoint: PaliGemma and the mask decoder, running a batch of requests.
 
-Everything here touches MLX, so it runs on the service's MLX thread only. Per request: generate
-(kept inside the output grammar unless SEGMENT_CONSTRAINED=false), parse the tokens into objects
-as they arrive, decode each object's mask the moment its codes are complete, and yield it; then
-one record with the raw text and the timings.
+Everything here touches MLX, so it runs on the service's MLX thread only. Per request: decode
+(kept inside the output grammar unless SEGMENT_CONSTRAINED=false) together with the others in
+the batch, parse its tokens into objects as they arrive, decode each object's mask the moment
+its codes are complete; then one record with the raw text and the timings. Events come back
+keyed by the caller's key for each request.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from PIL import Image
 from app.config import Settings
 from app.model.demo import demo_objects
 from app.model.feature_cache import FeatureCache
+from app.model.generation import Advance, Batch, LogitsProcessor, generate
 from app.model.grammar import FOLLOW_THE_MODEL, OutputGrammar
 from app.model.messages import ModelEvent, ModelOutput, ModelRequest
-from app.model.paligemma import Generation, LogitsProcessor, PaliGemma
+from app.model.paligemma import PaliGemma
 from app.model.vae import MaskDecoder
 from app.steps.objects import decode_objects
 from app.steps.prompts import split_task_prompt
@@ -33,6 +35,7 @@ from app.steps.tokens import ObjectParser, ParsedObject
 log = logging.getLogger(__name__)
 
 ProcessorsFactory = Callable[[], Sequence[LogitsProcessor]]
+Keyed = tuple[Hashable, ModelEvent]  # an event, and the key of the request it belongs to
 
 
 class Runner:
@@ -55,6 +58,9 @@ class Runner:
         self.constrained = constrained
         self.random_weights = random_weights
         self._logits_processors = logits_processors
+        self._batch = Batch(paligemma)
+        self._parsers: dict[Hashable, ObjectParser] = {}
+        self._decoding_s: dict[Hashable, float] = {}
 
     @classmethod
     def load(
@@ -92,8 +98,11 @@ class Runner:
 
     def warm_up(self) -> None:
         """One real generation and one mask decode, so the first request pays no compile cost."""
-        self.paligemma.generate(
-            Image.new("RGB", (64, 64), (128, 128, 128)), "segment object", max_new_tokens=4
+        generate(
+            self.paligemma,
+            Image.new("RGB", (64, 64), (128, 128, 128)),
+            "segment object",
+            max_new_tokens=4,
         )
         self.decoder.decode(np.zeros((1, 16), dtype=np.int32))
 
@@ -112,39 +121,66 @@ class Runner:
         policy = demo_objects(len(classes)) if self.random_weights else FOLLOW_THE_MODEL
         return OutputGrammar(self.paligemma.vocabulary, task=task, classes=classes, policy=policy)
 
-    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> Iterator[ModelEvent]:
-        """Each object as soon as the output completes it, its mask decoded; then the record.
+    # -- the batch ------------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        """Sequences decoding now."""
+        return len(self._batch)
 
-        Streamed or not, every request takes this one path, so the answers are the same.
-        """
-        parser = ObjectParser()
-        decoding_s = 0.0
-        generation: Generation | None = None
+    def start(self, key: Hashable, request: ModelRequest) -> list[Keyed]:
+        """Prefill the request and add it to the running batch; what its first token gave."""
+        self._parsers[key] = ObjectParser()
+        self._decoding_s[key] = 0.0
+        try:
+            advance = self._batch.add(
+                key,
+                request.image,
+                request.task_prompt,
+                max_new_tokens=request.max_new_tokens,
+                processors=self._logits_processors() if self._logits_processors else (),
+                grammar=self.grammar(request.task_prompt),
+            )
+        except BaseException:
+            self._forget(key)
+            raise
+        return self._events([advance])
 
-        def decoded(parsed: list[ParsedObject]) -> Iterator[ModelEvent]:
-            nonlocal decoding_s
-            for obj in parsed:
-                started = time.perf_counter()
-                [done] = decode_objects([obj], self.decoder)
-                decoding_s += time.perf_counter() - started
-                yield done
+    def step(self) -> list[Keyed]:
+        """One token more for every request in the batch: each object the moment its output
+        completes it, its mask decoded (all of this step's in one call), and for a request
+        that ends, the record. Streamed or not, every request takes this one path."""
+        return self._events(self._batch.step())
 
-        for item in self.paligemma.stream(
-            request.image,
-            request.task_prompt,
-            max_new_tokens=request.max_new_tokens,
-            logits_processors=self._logits_processors() if self._logits_processors else (),
-            grammar=self.grammar(request.task_prompt),
-            cancelled=cancelled,
-        ):
-            if isinstance(item, Generation):
-                generation = item
-            else:
-                yield from decoded(parser.feed(item))
-        yield from decoded(parser.finish())
-        assert generation is not None, "PaliGemma.stream ends with its Generation"
-        yield ModelOutput(
-            text=generation.text,
-            timings_ms={**generation.timings_ms, "decode_masks": decoding_s * 1000},
-            model=self.name,
-        )
+    def drop(self, key: Hashable) -> None:
+        """The request's caller is gone: it leaves the batch now."""
+        self._batch.drop(key)
+        self._forget(key)
+
+    def _events(self, advances: list[Advance]) -> list[Keyed]:
+        completed: list[tuple[Hashable, ParsedObject]] = []
+        for advance in advances:
+            parser = self._parsers[advance.key]
+            for piece in advance.pieces:
+                completed += [(advance.key, obj) for obj in parser.feed(piece)]
+            if advance.done is not None:
+                completed += [(advance.key, obj) for obj in parser.finish()]
+        started = time.perf_counter()
+        decoded = decode_objects([obj for _, obj in completed], self.decoder)
+        spent = time.perf_counter() - started
+        events: list[Keyed] = []
+        for (key, _), obj in zip(completed, decoded, strict=True):
+            events.append((key, obj))
+        for key in dict.fromkeys(key for key, _ in completed):
+            self._decoding_s[key] += spent
+        for advance in advances:
+            if advance.done is not None:
+                timings = dict(advance.done.timings_ms)
+                timings["decode_masks"] = self._decoding_s[advance.key] * 1000
+                output = ModelOutput(text=advance.done.text, timings_ms=timings, model=self.name)
+                events.append((advance.key, output))
+                self._forget(advance.key)
+        return events
+
+    def _forget(self, key: Hashable) -> None:
+        self._parsers.pop(key, None)
+        self._decoding_s.pop(key, None)

@@ -12,12 +12,9 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 from app.config import Settings, keep_alive_seconds
 from app.errors import NotReady, ServiceError
-from app.model.messages import ModelEvent, ModelOutput, ModelRequest
 from app.model.runner import ProcessorsFactory, Runner
 from app.runtime.catalog import Checkpoint, resolve
 from app.runtime.device import gpu_backend, use_device
@@ -27,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class RunnerPool:
-    """The worker's backend: loaded checkpoints by id, least recently used first."""
+    """The worker's backend: loaded checkpoints by id, least recently used first; each
+    checkpoint's Runner is the batch its requests decode in."""
 
     def __init__(
         self, settings: Settings, *, logits_processors: ProcessorsFactory | None = None
@@ -48,13 +46,11 @@ class RunnerPool:
         assert self._device is not None
         return BackendInfo(device=self._device, random_weights=checkpoint.random_weights)
 
-    def run(self, request: ModelRequest, cancelled: Callable[[], bool]) -> Iterator[ModelEvent]:
-        runner, loading_ms = self._runner(request.model_id)
+    def batch(self, model_id: str) -> tuple[Runner, float | None]:
+        """The model's runner (its batch), and the ms it took to load if it was not in memory.
+        The worker asks only while no batch runs, so a swap never happens under one."""
         try:
-            for event in runner.run(request, cancelled):
-                if isinstance(event, ModelOutput) and loading_ms is not None:
-                    event = replace(event, timings_ms={"load": loading_ms, **event.timings_ms})
-                yield event
+            return self._runner(model_id)
         finally:
             self._note_loaded()
 
@@ -140,4 +136,5 @@ def create_worker(
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,
         keep_alive_s=keep_alive_seconds(settings.keep_alive),
+        max_batch=settings.max_batch,
     )

@@ -90,6 +90,7 @@ def tiny_generation(model_dir: Path, repeats: int) -> dict[str, Any]:
     from PIL import Image
     from transformers import AutoTokenizer
 
+    from app.model.generation import generate
     from app.model.grammar import OutputGrammar
     from app.model.paligemma import PaliGemma
     from scripts.scripted_output import ScriptedOutput
@@ -102,7 +103,8 @@ def tiny_generation(model_dir: Path, repeats: int) -> dict[str, Any]:
     for index in range(repeats + 1):
         for name, samples in rows.items():
             grammar = OutputGrammar(model.vocabulary, task="segment", classes=CLASSES)
-            generation = model.generate(
+            generation = generate(
+                model,
                 image,
                 prompt,
                 max_new_tokens=200,

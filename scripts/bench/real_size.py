@@ -214,7 +214,8 @@ def mlx_worker(model_dir: Path, policy: str, max_new_tokens: int) -> dict[str, A
     import mlx_vlm.generate.ar
     import mlx_vlm.utils  # noqa: F401 (imported here so that load_s is loading alone)
 
-    from app.model.paligemma import Generation, PaliGemma
+    from app.model.generation import Batch
+    from app.model.paligemma import PaliGemma
 
     t1 = time.perf_counter()
     model = PaliGemma.load(model_dir, dtype=policy)  # type: ignore[arg-type]
@@ -231,26 +232,16 @@ def mlx_worker(model_dir: Path, policy: str, max_new_tokens: int) -> dict[str, A
         chosen.append(mx.argmax(logits, axis=-1))
         return logits
 
-    stamps: list[float] = []
-
-    def probe() -> bool:  # stream() calls it once per new token, right after the token exists
-        stamps.append(time.perf_counter())
-        return False
-
+    stamps: list[float] = []  # when each new token exists
     cpu = cpu_seconds()
     t3 = time.perf_counter()
-    records = [
-        item
-        for item in model.stream(
-            image,
-            PROMPT,
-            max_new_tokens=max_new_tokens,
-            logits_processors=[no_stop],
-            cancelled=probe,
-        )
-        if isinstance(item, Generation)
-    ]
-    record = records[-1]
+    batch = Batch(model)  # one sequence, decoded as the service decodes a batch
+    advance = batch.add("one", image, PROMPT, max_new_tokens=max_new_tokens, processors=[no_stop])
+    stamps.append(time.perf_counter())
+    while advance.done is None:
+        [advance] = batch.step()
+        stamps.append(time.perf_counter())
+    record = advance.done
     return {
         "openblas_preloaded": preloaded,
         "import_s": round(t1 - t0, 2),
