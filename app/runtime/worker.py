@@ -104,6 +104,7 @@ class WorkerStatus:
     running: int  # decoding in the batch now
     loaded: bool  # in memory now; False after an idle unload (the next request loads it)
     expires_at: datetime | None  # when an idle model will be unloaded, if it will
+    largest_batch: int  # the most requests that have decoded together since the start
 
 
 @dataclass(eq=False)
@@ -190,6 +191,7 @@ class Worker:
         self._loaded_at: datetime | None = None
         self._waiting = 0
         self._running = 0
+        self._largest_batch = 0
         self._counts = threading.Lock()  # the loop and the worker thread both move the counts
         self._jobs: set[_Job] = set()  # admitted and not yet withdrawn (the loop's view)
         self._inbox: queue.SimpleQueue[_Job | _Unload | _Stop] = queue.SimpleQueue()
@@ -262,6 +264,7 @@ class Worker:
             running=self._running,
             loaded=bool(self.backend.loaded_models()),
             expires_at=self._expires_at,
+            largest_batch=self._largest_batch,
         )
 
     # -- requests (the event loop's side) ----------------------------------------------------
@@ -379,6 +382,7 @@ class Worker:
                     if job.load_ms is not None:
                         self._loaded_at = datetime.now(UTC)
                 self._active.append(job)
+                self._largest_batch = max(self._largest_batch, len(self._active))
                 self._deliver(self._batch.start(job, job.request))
             except BaseException as exc:  # this request's failure, reported to its reader
                 self._fail(job, exc)
