@@ -94,10 +94,40 @@ def _spec(name: str, shape: tuple[int, ...]) -> TensorSpec:
     return TensorSpec(name, shape)  # Gemma's RMSNorm multiplies by (1 + w): mean 0 is identity
 
 
-def shared_tensors() -> list[TensorSpec]:
+@dataclass(frozen=True)
+class Depth:
+    """How many layers each tower has: the real 3B's, or fewer for a mid-size model whose
+    step is still dominated by reading real-size weights (the 257k-row embedding, real-width
+    layers) but which builds and loads in seconds."""
+
+    text: int = TEXT["num_hidden_layers"]
+    vision: int = VISION["num_hidden_layers"]
+
+    @property
+    def real(self) -> bool:
+        return self == Depth()
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.real else f"-L{self.text}v{self.vision}"
+
+    def text_config(self) -> dict[str, int]:
+        return {**TEXT, "num_hidden_layers": self.text}
+
+    def vision_config(self) -> dict[str, int]:
+        return {**VISION, "num_hidden_layers": self.vision}
+
+
+def shared_tensors(depth: Depth = Depth()) -> list[TensorSpec]:
     """Every weight but the position embeddings (their size depends on the image size), with
     the tiny builder's names and layouts at the real sizes."""
-    shapes = tiny.weight_shapes(TEXT, VISION, VOCAB_SIZE, num_positions=1, patch_size=PATCH_SIZE)
+    shapes = tiny.weight_shapes(
+        depth.text_config(),
+        depth.vision_config(),
+        VOCAB_SIZE,
+        num_positions=1,
+        patch_size=PATCH_SIZE,
+    )
     return [_spec(name, shape) for name, shape in sorted(shapes.items()) if name != POSITION_KEY]
 
 
@@ -172,13 +202,13 @@ def build_tokenizer() -> Tokenizer:
     return tok
 
 
-def build_config(image_size: int) -> dict[str, Any]:
+def build_config(image_size: int, depth: Depth = Depth()) -> dict[str, Any]:
     """The tiny builder's config with google/paligemma2-3b-pt-{size}'s sizes and dtype."""
     tokens = num_image_tokens(image_size)
     config = tiny.build_config()
-    layers = TEXT["num_hidden_layers"]
+    layers = depth.text
     config["text_config"] |= {
-        **TEXT,
+        **depth.text_config(),
         "vocab_size": VOCAB_SIZE,
         "query_pre_attn_scalar": TEXT["head_dim"],
         "layer_types": ["sliding_attention", "full_attention"] * (layers // 2),
@@ -186,7 +216,7 @@ def build_config(image_size: int) -> dict[str, Any]:
         "torch_dtype": "bfloat16",
     }
     config["vision_config"] |= {
-        **VISION,
+        **depth.vision_config(),
         "image_size": image_size,
         "patch_size": PATCH_SIZE,
         "num_image_tokens": tokens,
@@ -241,10 +271,10 @@ def check_free_disk(directory: Path, needed: int) -> None:
         )
 
 
-def ensure_shared_weights(workdir: Path, seed: int = 0) -> Path:
+def ensure_shared_weights(workdir: Path, seed: int = 0, depth: Depth = Depth()) -> Path:
     """workdir/weights: the size-independent bfloat16 shards, built once (~6 GB, a few min)."""
-    final = workdir / "weights"
-    specs = shared_tensors()
+    final = workdir / f"weights{depth.suffix}"
+    specs = shared_tensors(depth)
     shards = plan_shards(specs)
     stamp = _stamp(seed, shards=len(shards), bytes=sum(s.nbytes for s in specs))
     if _is_built(final, stamp):
@@ -264,25 +294,30 @@ def ensure_shared_weights(workdir: Path, seed: int = 0) -> Path:
     return final
 
 
-def ensure_checkpoint(workdir: Path, image_size: int = 224, seed: int = 0) -> Path:
-    """A loadable random PaliGemma 2 3B directory for this image size, built if not cached."""
+def ensure_checkpoint(
+    workdir: Path, image_size: int = 224, seed: int = 0, depth: Depth = Depth()
+) -> Path:
+    """A loadable random PaliGemma 2 3B directory for this image size (fewer layers with a
+    `depth` other than the real one), built if not cached."""
     if image_size % PATCH_SIZE:
         raise ValueError(f"image size {image_size} is not a multiple of the patch size 14")
     workdir = Path(workdir)
-    final = workdir / f"paligemma2-3b-pt-{image_size}-random"
-    stamp = _stamp(seed, image_size=image_size)
+    final = workdir / f"paligemma2-3b-pt-{image_size}-random{depth.suffix}"
+    stamp = _stamp(
+        seed, image_size=image_size, **({} if depth.real else {"depth": [depth.text, depth.vision]})
+    )
     if _is_built(final, stamp):
         return final
     if final.exists():
         raise FileExistsError(f"{final} exists but is not a finished build of this version")
-    weights = ensure_shared_weights(workdir, seed)
+    weights = ensure_shared_weights(workdir, seed, depth)
     partial = _fresh_partial(final)
-    _write_json(partial / "config.json", build_config(image_size))
+    _write_json(partial / "config.json", build_config(image_size, depth))
     tiny.write_processor_files(partial, image_size, build_tokenizer())
     position = position_tensor(image_size)
     write_bf16_safetensors(partial / POSITION_SHARD, [position], seed)
     weight_map = {position.name: POSITION_SHARD}
-    shards = plan_shards(shared_tensors())
+    shards = plan_shards(shared_tensors(depth))
     for index, shard in enumerate(shards, start=1):
         name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
         try:
@@ -290,7 +325,7 @@ def ensure_checkpoint(workdir: Path, image_size: int = 224, seed: int = 0) -> Pa
         except OSError:
             (partial / name).symlink_to((weights / name).resolve())
         weight_map |= {spec.name: name for spec in shard}
-    total = position.nbytes + sum(s.nbytes for s in shared_tensors())
+    total = position.nbytes + sum(s.nbytes for s in shared_tensors(depth))
     _write_json(
         partial / "model.safetensors.index.json",
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
@@ -306,10 +341,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--size", type=int, action="append", help="224 (default) and/or 448")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-layers", type=int, default=TEXT["num_hidden_layers"])
+    parser.add_argument("--vision-layers", type=int, default=VISION["num_hidden_layers"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    depth = Depth(args.text_layers, args.vision_layers)
     for size in args.size or [224]:
-        print(ensure_checkpoint(args.workdir, size, args.seed))
+        print(ensure_checkpoint(args.workdir, size, args.seed, depth))
 
 
 if __name__ == "__main__":

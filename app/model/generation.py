@@ -141,7 +141,8 @@ class Batch:
 
         A row's processors see its own logits slice and context; the probability is the
         grammar's record of what it was shown (the model's distribution before the grammar's
-        mask) or, without one, the processed distribution, as mlx-vlm reports it.
+        mask) or, without one, the processed distribution, as mlx-vlm reports it. Only rows
+        without a grammar pay for a log-softmax here (a vocabulary-wide reduction each).
         """
         processed = []
         for index, row in enumerate(rows):
@@ -152,18 +153,24 @@ class Batch:
                     row_logits = processor(context, row_logits)
             processed.append(row_logits)
         stacked = processed[0] if len(processed) == 1 else mx.concatenate(processed, axis=0)
-        logprobs = stacked - mx.logsumexp(stacked, axis=-1, keepdims=True)  # (B, V)
-        tokens = mx.argmax(logprobs, axis=-1)  # (B,)
-        chosen = logprobs[mx.arange(len(rows)), tokens]  # (B,)
-        mx.eval(tokens, chosen)
+        tokens = mx.argmax(stacked, axis=-1)  # (B,) greedy: the largest logit
+        free = [index for index, row in enumerate(rows) if row.grammar is None]
+        logprobs = mx.zeros((0,))
+        if free:
+            picked = mx.array(free)
+            chosen = stacked[picked, tokens[picked]]  # (F,)
+            logprobs = chosen - mx.logsumexp(stacked[picked], axis=-1)
+        mx.eval(tokens, logprobs)
         token_ids = [int(token) for token in np.asarray(tokens)]
-        logprob_list = [float(logprob) for logprob in np.asarray(chosen)]
+        free_logprobs = dict(zip(free, (float(lp) for lp in np.asarray(logprobs)), strict=True))
         return [
             (
                 token,
-                math.exp(row.grammar.model_logprob(token) if row.grammar else logprob),
+                math.exp(
+                    row.grammar.model_logprob(token) if row.grammar else free_logprobs[index]
+                ),
             )
-            for row, token, logprob in zip(rows, token_ids, logprob_list, strict=True)
+            for index, (row, token) in enumerate(zip(rows, token_ids, strict=True))
         ]
 
     def _advance(self, row: _Row, token: int, prob: float) -> Advance:
