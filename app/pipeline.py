@@ -17,23 +17,23 @@ import io
 import logging
 import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass, replace
 
 from PIL import Image
 
 from app.config import Settings
 from app.errors import BadInput
-from app.model.messages import DecodedObject, ModelOutput, ModelRequest
+from app.model.messages import DecodedObject, ModelEvent, ModelOutput, ModelRequest
 from app.request import SegmentRequest
 from app.runtime.catalog import Checkpoint
-from app.runtime.worker import Worker
+from app.runtime.worker import ModelStream, Worker
 from app.steps.fetch import UrlPolicy, fetch_image_bytes
 from app.steps.images import check_size, decode_image, release_big_images_promptly, to_rgb
 from app.steps.masks import encode_mask
 from app.steps.objects import SegmentedObject, place_object
 from app.steps.overlay import overlay_png
-from app.steps.prompts import build_prompt, token_budget
+from app.steps.prompts import build_prompt, split_task_prompt, token_budget
 
 log = logging.getLogger("app")
 
@@ -61,7 +61,6 @@ class _Prepared:
 
     request: SegmentRequest
     task_prompt: str
-    max_new_tokens: int
     checkpoint: Checkpoint
     model_image: Image.Image  # upright RGB at the checkpoint's input size
     width: int  # the image as sent, EXIF orientation applied: boxes and masks use this size
@@ -98,7 +97,6 @@ class Pipeline:
         started = time.perf_counter()
         task_prompt = build_prompt(request.prompt, max_chars=self.settings.max_prompt_chars)
         checkpoint = await asyncio.to_thread(self.worker.backend.checkpoint, request.model_id)
-        limit = self._token_limit(request.max_new_tokens, task_prompt)
         size = checkpoint.input_size
         assert size is not None  # resolve() refuses a checkpoint without one
         data = await self._image_bytes(request)
@@ -108,7 +106,6 @@ class Pipeline:
         return _Prepared(
             request=request.model_copy(update={"image": None}),  # its pixels live on below
             task_prompt=task_prompt,
-            max_new_tokens=limit,
             checkpoint=checkpoint,
             model_image=model_image,
             width=width,
@@ -125,35 +122,37 @@ class Pipeline:
         them all at the end, in parallel: on a busy CPU, placing meanwhile slows generation
         more than it saves (tiny model, 2 cores: generate 148 -> 220 ms)."""
         streamed = prepared.request.stream
-        objects: list[SegmentedObject] = []
-        decoded: list[DecodedObject] = []
-        output: ModelOutput | None = None
-        model_request = ModelRequest(
-            prepared.model_image,
-            prepared.task_prompt,
-            prepared.max_new_tokens,
-            prepared.checkpoint.id,
-        )
-        async with self.worker.submit(model_request) as model_events:
-            async for event in model_events:
-                if isinstance(event, ModelOutput):
-                    output = event
-                elif streamed:
-                    async with self._image_work:
-                        placed = await asyncio.to_thread(self._finish, event, prepared)
-                    objects.append(placed)
-                    yield placed
-                else:
-                    decoded.append(event)
-        assert output is not None, "the model's stream ends with its output"
+        objects: list[tuple[int, SegmentedObject]] = []  # (sequence, object) as they come
+        decoded: list[tuple[int, DecodedObject]] = []
+        outputs: dict[int, ModelOutput] = {}
+        async with AsyncExitStack() as streams:
+            submitted = [
+                await streams.enter_async_context(self.worker.submit(model_request))
+                for model_request in self._model_requests(prepared)
+            ]
+            async with aclosing(merged(submitted)) as events:
+                async for index, event in events:
+                    if isinstance(event, ModelOutput):
+                        outputs[index] = event
+                    elif streamed:
+                        async with self._image_work:
+                            placed = await asyncio.to_thread(self._finish, event, prepared)
+                        objects.append((index, placed))
+                        yield placed
+                    else:
+                        decoded.append((index, event))
+        assert len(outputs) == len(submitted), "every sequence ends with its output"
         inferred = time.perf_counter()
         if not streamed:
             # One thread per object: OpenCV and NumPy release the GIL, so masks place in parallel.
             async with self._image_work:
-                placing = (asyncio.to_thread(self._finish, obj, prepared) for obj in decoded)
-                objects = list(await asyncio.gather(*placing))
-            for placed in objects:
+                placing = (asyncio.to_thread(self._finish, obj, prepared) for _, obj in decoded)
+                placed_all = await asyncio.gather(*placing)
+            objects = [(index, obj) for (index, _), obj in zip(decoded, placed_all, strict=True)]
+            for _, placed in objects:
                 yield placed
+        ordered = [obj for _, obj in sorted(objects, key=lambda pair: pair[0])]  # class order
+        output = combined([outputs[index] for index in sorted(outputs)])
         timings = {
             "decode_image": (prepared.decoded - prepared.started) * 1000,
             **output.timings_ms,  # (load,) queue_wait, preprocess, vision, prefill, generate, ...
@@ -163,7 +162,7 @@ class Pipeline:
         if prepared.original is not None:
             drawn = time.perf_counter()
             async with self._image_work:
-                overlay, image_png = await asyncio.to_thread(self._pictures, prepared, objects)
+                overlay, image_png = await asyncio.to_thread(self._pictures, prepared, ordered)
             if overlay is not None:
                 timings["overlay"] = (time.perf_counter() - drawn) * 1000
         timings["total"] = (time.perf_counter() - prepared.started) * 1000
@@ -173,7 +172,7 @@ class Pipeline:
             len(prepared.request.prompt),
             prepared.width,
             prepared.height,
-            len(objects),
+            len(ordered),
             " ".join(f"{k}={v:.1f}ms" for k, v in timings.items()),
         )
         yield SegmentResult(
@@ -182,11 +181,27 @@ class Pipeline:
             width=prepared.width,
             height=prepared.height,
             text=output.text,
-            objects=objects,
+            objects=ordered,
             overlay_png=overlay,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             image_png=image_png,
         )
+
+    def _model_requests(self, prepared: _Prepared) -> list[ModelRequest]:
+        """One sequence for the prompt; or, with per_class, one per class of it, which the
+        worker decodes together (each with its own prefill; the image's features are computed
+        once and cached)."""
+        task, classes = split_task_prompt(prepared.task_prompt)
+        prompts = [f"{task} {name}" for name in classes] if prepared.request.per_class else []
+        return [
+            ModelRequest(
+                prepared.model_image,
+                prompt,
+                self._token_limit(prepared.request.max_new_tokens, prompt),
+                prepared.checkpoint.id,
+            )
+            for prompt in prompts or [prepared.task_prompt]
+        ]
 
     def _token_limit(self, requested: int | None, task_prompt: str) -> int:
         """The request's own cap if it set one, else a budget from the classes asked for."""
@@ -258,6 +273,60 @@ class Pipeline:
             full.save(buffer, "PNG", compress_level=self._compression)
             image_png = buffer.getvalue()
         return overlay, image_png
+
+
+async def merged(streams: list[ModelStream]) -> AsyncGenerator[tuple[int, ModelEvent], None]:
+    """The events of several model streams as they come, each tagged with its stream's index.
+    One task per stream reads it; closing this ends them all (none is left behind)."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    arrivals: asyncio.Queue[tuple[int, ModelEvent | BaseException | None]] = asyncio.Queue()
+
+    async def read(index: int, stream: ModelStream) -> None:
+        try:
+            async for event in stream:
+                arrivals.put_nowait((index, event))
+        except Exception as exc:  # reported by the reader below
+            arrivals.put_nowait((index, exc))
+        else:
+            arrivals.put_nowait((index, None))
+
+    readers = [asyncio.ensure_future(read(index, s)) for index, s in enumerate(streams)]
+    try:
+        left = len(streams)
+        while left:
+            index, item = await arrivals.get()
+            if item is None:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+
+def combined(outputs: list[ModelOutput]) -> ModelOutput:
+    """Several sequences' records as one: their texts joined as PaliGemma joins objects, the
+    work each did added up, the waits (which overlap) as long as the longest."""
+    if len(outputs) == 1:
+        return outputs[0]
+    overlapping = ("load", "queue_wait", "generate")
+    timings: dict[str, float] = {}
+    for output in outputs:
+        for name, ms in output.timings_ms.items():
+            if name not in timings:
+                timings[name] = ms
+            elif name in overlapping:
+                timings[name] = max(timings[name], ms)
+            else:
+                timings[name] += ms
+    text = " ; ".join(output.text for output in outputs if output.text)
+    return ModelOutput(text=text, timings_ms=timings, model=outputs[0].model)
 
 
 async def collect(events: AsyncGenerator[ResultEvent, None]) -> SegmentResult:

@@ -50,6 +50,12 @@ class SegmentRequest(BaseModel):
     stream: bool = Field(
         False, description="Answer in NDJSON lines: each object as it is found, then 'done'."
     )
+    per_class: bool = Field(
+        False,
+        description="Look for each class of 'cat ; dog' on its own: one sequence per class, "
+        "decoded together, so a class the model would skip in a joint prompt is still looked "
+        "for. Each class costs its own prefill; decoding is shared.",
+    )
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod

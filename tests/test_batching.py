@@ -199,3 +199,38 @@ def test_batched_requests_get_what_they_get_alone(
             same(ours, alone)
         health = httpx.get(f"{url}/health").json()
         assert (health["running"], health["waiting"]) == (0, 0), health
+
+
+# -- every class on its own ----------------------------------------------------------------------
+def test_per_class_runs_one_sequence_per_class_and_merges_in_class_order() -> None:
+    service = fake(max_batch=4)
+    dog = DecodedObject("dog", (100, 100, 600, 600), 0.8, None)
+    # Each sequence's reply: cat's arrives last (two steps), yet comes first in the answer.
+    service.model.enqueue(
+        Reply(objects=[CAT, CAT], text="c"), Reply(objects=[dog], text="d"), Reply(text="")
+    )
+    with local_client(service.app()) as client:
+        wait_healthy(client)
+        response = post(client, prompt="detect cat ; dog ; bird", per_class="true")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r.task_prompt for r in service.model.requests] == [
+        "detect cat",
+        "detect dog",
+        "detect bird",
+    ]
+    assert [o["label"] for o in body["objects"]] == ["cat", "cat", "dog"]
+    assert body["text"] == "c ; d" and body["prompt"] == "detect cat ; dog ; bird"
+    assert service.model.fake_batch.largest == 3  # decoded together
+
+
+@pytest.mark.slow
+def test_per_class_on_the_demo_model_finds_each_class(tiny_model_dir: Path) -> None:
+    settings = tiny_settings(tiny_model_dir)
+    with local_client(create_app(settings, create_worker(settings))) as client:
+        wait_healthy(client)
+        joint = segment(client, "dog ; cat ; car", photo(5))
+        apart = segment(client, "dog ; cat ; car", photo(5), per_class="true")
+    assert [o["label"] for o in apart["objects"]] == ["dog", "cat", "car"]
+    assert [o["label"] for o in joint["objects"]] == ["dog", "cat", "car"]
+    assert apart["text"].count(" ; ") == 2 and "prefill" in apart["timings_ms"]

@@ -166,9 +166,7 @@ class Batch:
         return [
             (
                 token,
-                math.exp(
-                    row.grammar.model_logprob(token) if row.grammar else free_logprobs[index]
-                ),
+                math.exp(row.grammar.model_logprob(token) if row.grammar else free_logprobs[index]),
             )
             for index, (row, token) in enumerate(zip(rows, token_ids, strict=True))
         ]
