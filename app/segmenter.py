@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -95,7 +96,12 @@ class Segmenter:
 
     def run(self, request: SegmentRequest) -> SegmentResult:
         """One request as the service takes it (the CLI builds these)."""
-        return self._call(self.pipeline.run(request))
+        return self.submit(request).result()
+
+    def submit(self, request: SegmentRequest) -> Future[SegmentResult]:
+        """Start one request and return at once: requests in flight together decode in the
+        same batch (SEGMENT_MAX_BATCH). Cancelling the future cancels the request."""
+        return asyncio.run_coroutine_threadsafe(self.pipeline.run(request), self._loop)
 
     def close(self) -> None:
         """Stop the worker thread and the event loop (idempotent)."""

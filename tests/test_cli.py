@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,50 @@ def test_the_exit_status_survives_mlx_teardown(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout == "done\n", done.stderr
+
+
+class _OutOfOrder:
+    """A backend whose answers come back in reverse: the first image is the slowest."""
+
+    def __init__(self, results: dict[bytes, Any]) -> None:
+        self.results = results
+        self.pending: list[tuple[Future[Any], bytes]] = []
+        self.most_in_flight = 0
+
+    def submit(self, request: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.pending.append((future, request.image))
+        self.most_in_flight = max(self.most_in_flight, len(self.pending))
+        if len(self.pending) == 3 or request.image == b"last":
+            for waiting, image in reversed(self.pending):  # answered last-first
+                waiting.set_result(self.results[image])
+            self.pending.clear()
+        return future
+
+
+def test_batch_keeps_several_in_flight_and_the_output_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli.command import _segment_all
+    from app.pipeline import SegmentResult
+    from app.request import SegmentRequest
+
+    names = ["a", "b", "c", "d", "last"]
+    paths = []
+    for name in names:
+        (tmp_path / f"{name}.png").write_bytes(name.encode())
+        paths.append(tmp_path / f"{name}.png")
+    results = {
+        name.encode(): SegmentResult("m", "segment cat", 1, 1, name, [], None, {}) for name in names
+    }
+    backend = _OutOfOrder(results)
+    done, failed = _segment_all(paths, SegmentRequest(prompt="cat"), backend, None, in_flight=3)
+    assert failed == 0 and backend.most_in_flight == 3
+    lines = [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+    assert lines == names  # the order given, though answered out of it
+    assert [image.file_name for image in done] == [f"{name}.png" for name in names]
+
+
+def test_batch_must_be_a_sensible_number(tiny_model_dir: Path, images: list[Path]) -> None:
+    settings = tiny_settings(tiny_model_dir)
+    assert run_cli([str(images[0]), "--prompt", "cat", "--batch", "0"], settings) == 2

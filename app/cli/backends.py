@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -42,19 +43,22 @@ class LocalModel:
         if self.segmenter is not None:
             self.segmenter.close()
 
-    def __call__(self, request: SegmentRequest) -> SegmentResult:
+    def submit(self, request: SegmentRequest) -> Future[SegmentResult]:
+        """Start the request; those in flight together share the model's batch."""
         assert self.segmenter is not None
-        return self.segmenter.run(request)
+        return self.segmenter.submit(request)
 
 
 class RemoteService:
     """A running service: masks travel as COCO RLE (exact, compact) and are re-encoded here
     in the asked format, so the files written are the same as with a local model."""
 
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, in_flight: int) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(headers=headers, timeout=SERVICE_TIMEOUT_S, trust_env=False)
+        # One connection per request in flight: the service batches concurrent requests.
+        self.senders = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="send")
 
     def __enter__(self) -> RemoteService:
         self._wait_ready()
@@ -66,6 +70,7 @@ class RemoteService:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.senders.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
     def _wait_ready(self) -> None:
@@ -89,7 +94,10 @@ class RemoteService:
                 raise NotReady(f"The service at {self.url} cannot serve: {body.get('reason')}")
             time.sleep(1)
 
-    def __call__(self, request: SegmentRequest) -> SegmentResult:
+    def submit(self, request: SegmentRequest) -> Future[SegmentResult]:
+        return self.senders.submit(self._send, request)
+
+    def _send(self, request: SegmentRequest) -> SegmentResult:
         assert isinstance(request.image, bytes), "the command sends files as they are"
         # Masks travel as compressed COCO RLE (exact, compact); re-encoded here as asked.
         wire = request.model_copy(

@@ -11,8 +11,11 @@ import argparse
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -29,6 +32,7 @@ from app.steps.prompts import build_prompt, split_task_prompt
 MASK_FORMATS = ("png", "rle", "coco_rle", "polygon", "none")
 EXIT_FAILED_IMAGES = 1  # some images could not be segmented (each one says why)
 EXIT_UNUSABLE = 2  # nothing could run: bad arguments, no model, no server
+MAX_IN_FLIGHT = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", help="an installed model id (see GET /models); default SEGMENT_MODEL"
     )
     segment.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="images in flight at once, decoded together (default SEGMENT_MAX_BATCH)",
+    )
+    segment.add_argument(
         "--server", help="URL of a running service, e.g. http://127.0.0.1:8000 (no local model)"
     )
     segment.add_argument(
@@ -72,6 +82,9 @@ def segment_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run the `segment` command; returns the process exit status."""
     if args.overlay and args.out is None:
         return _fail("--overlay writes its pictures into --out DIR; give --out too.")
+    in_flight = settings.max_batch if args.batch is None else args.batch
+    if not 1 <= in_flight <= MAX_IN_FLIGHT:
+        return _fail(f"--batch takes a number from 1 to {MAX_IN_FLIGHT}.")
     try:
         task_prompt = build_prompt(args.prompt, max_chars=settings.max_prompt_chars)
         request = parse_request(  # each image adds itself to this request
@@ -88,8 +101,8 @@ def segment_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     try:
-        with _backend(args, settings) as segment:
-            done, failed = _segment_all(args.images, request, segment, args.out)
+        with _backend(args, settings, in_flight) as backend:
+            done, failed = _segment_all(args.images, request, backend, args.out, in_flight)
     except ServiceError as exc:  # no model, no server: nothing can run
         return _fail(exc)
     if args.coco is not None:
@@ -99,17 +112,19 @@ def segment_command(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED_IMAGES if failed else 0
 
 
-class _Segment(Protocol):
-    """What the loop needs of a backend: one request in, one result out."""
+class _Backend(Protocol):
+    """What the loop needs of a backend: a request in, its result to come."""
 
-    def __call__(self, request: SegmentRequest) -> SegmentResult: ...
+    def submit(self, request: SegmentRequest) -> Future[SegmentResult]: ...
 
 
-def _backend(args: argparse.Namespace, settings: Settings) -> AbstractContextManager[_Segment]:
+def _backend(
+    args: argparse.Namespace, settings: Settings, in_flight: int
+) -> AbstractContextManager[_Backend]:
     from app.cli.backends import LocalModel, RemoteService
 
     if args.server:
-        return RemoteService(args.server, args.token or _token(settings))
+        return RemoteService(args.server, args.token or _token(settings), in_flight)
     return LocalModel(settings)
 
 
@@ -117,29 +132,74 @@ def _token(settings: Settings) -> str | None:
     return settings.api_token.get_secret_value() if settings.api_token else None
 
 
+@dataclass
+class _InFlight:
+    path: Path
+    stem: str
+    started: float
+    result: Future[SegmentResult] | OSError  # an unreadable file is its own answer
+
+
 def _segment_all(
-    images: list[Path], request: SegmentRequest, segment: _Segment, out: Path | None
+    images: list[Path],
+    request: SegmentRequest,
+    backend: _Backend,
+    out: Path | None,
+    in_flight: int,
 ) -> tuple[list[CocoImage], int]:
+    """Up to `in_flight` images at once (they share the model's batch); their lines, files and
+    the progress bar in the order given."""
     done: list[CocoImage] = []
     failed = 0
-    stems = _unique_stems(images)
-    progress = tqdm(images, unit="image", disable=len(images) < 2, file=sys.stderr)
-    for path, stem in zip(progress, stems, strict=True):
-        started = time.perf_counter()
+    progress = tqdm(total=len(images), unit="image", disable=len(images) < 2, file=sys.stderr)
+    window: deque[_InFlight] = deque()
+
+    def finish(item: _InFlight) -> None:
+        nonlocal failed
         try:
-            result = segment(request.model_copy(update={"image": path.read_bytes()}))
+            if isinstance(item.result, OSError):
+                raise item.result
+            result = item.result.result()
         except ServiceError as exc:
             failed += 1
-            tqdm.write(f"{path}: FAILED: {report(exc, path.name).detail}", file=sys.stderr)
-            continue
+            tqdm.write(
+                f"{item.path}: FAILED: {report(exc, item.path.name).detail}", file=sys.stderr
+            )
         except OSError as exc:
             failed += 1
-            tqdm.write(f"{path}: FAILED: cannot read it ({exc.strerror or exc})", file=sys.stderr)
-            continue
-        _write_outputs(result, stem, out, sys.stdout)
-        done.append(CocoImage(path.name, result.width, result.height, result.objects))
-        tqdm.write(_summary(path, result, time.perf_counter() - started), file=sys.stderr)
+            reason = exc.strerror or exc
+            tqdm.write(f"{item.path}: FAILED: cannot read it ({reason})", file=sys.stderr)
+        else:
+            _write_outputs(result, item.stem, out, sys.stdout)
+            done.append(CocoImage(item.path.name, result.width, result.height, result.objects))
+            seconds = time.perf_counter() - item.started
+            tqdm.write(_summary(item.path, result, seconds), file=sys.stderr)
+        progress.update()
+
+    try:
+        for path, stem in zip(images, _unique_stems(images), strict=True):
+            started = time.perf_counter()
+            try:
+                answer: Future[SegmentResult] | OSError = backend.submit(
+                    request.model_copy(update={"image": path.read_bytes()})
+                )
+            except OSError as exc:
+                answer = exc
+            window.append(_InFlight(path, stem, started, answer))
+            while len(window) >= in_flight or (window and _settled(window[0])):
+                finish(window.popleft())
+        while window:
+            finish(window.popleft())
+    finally:
+        for item in window:  # interrupted: what was started stops
+            if isinstance(item.result, Future):
+                item.result.cancel()
+        progress.close()
     return done, failed
+
+
+def _settled(item: _InFlight) -> bool:
+    return isinstance(item.result, OSError) or item.result.done()
 
 
 def _write_outputs(result: SegmentResult, stem: str, out: Path | None, stdout: IO[str]) -> None:
