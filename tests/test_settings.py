@@ -99,6 +99,7 @@ REFUSED: list[tuple[str, str, str]] = [
     ("SEGMENT_IMAGE_CACHE_MB", "-1", "from 0 to 1,048,576"),
     ("SEGMENT_IMAGE_WORKERS", "0", "from 1 to 16"),
     ("SEGMENT_MAX_BATCH", "0", "from 1 to 64"),
+    ("SEGMENT_CPU_CACHE_MB", "-1", "from 0 to 1,048,576"),
     ("SEGMENT_MAX_BATCH", "65", "from 1 to 64"),
     ("SEGMENT_IMAGE_WORKERS", "17", "from 1 to 16"),
     ("SEGMENT_ALLOWED_HOSTS", "mac.local:8000", "without scheme, port"),
@@ -162,6 +163,7 @@ ACCEPTED: list[tuple[str, str, Any]] = [
     ("SEGMENT_IMAGE_CACHE_MB", "1048576", 1024 * 1024),
     ("SEGMENT_IMAGE_WORKERS", "16", 16),
     ("SEGMENT_MAX_BATCH", "64", 64),
+    ("SEGMENT_CPU_CACHE_MB", "0", 0),
     ("SEGMENT_ALLOWED_HOSTS", "Mac.Local, *, fe80::1", ["mac.local", "*", "fe80::1"]),
     (
         "SEGMENT_ALLOWED_ORIGINS",

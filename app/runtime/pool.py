@@ -100,7 +100,9 @@ class RunnerPool:
 
     def _load(self, checkpoint: Checkpoint) -> Runner:
         if self._device is None:  # once: the model, its streams and every request on one device
-            self._device = use_device(self.settings.device, sys.platform)
+            self._device = use_device(
+                self.settings.device, sys.platform, self.settings.cpu_cache_mb
+            )
             backend = gpu_backend() if self._device == "gpu" else "cpu"
             log.info(
                 "MLX runs on the %s (%s; SEGMENT_DEVICE=%s)",

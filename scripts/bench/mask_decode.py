@@ -49,9 +49,17 @@ def mask_decode(repeats: int, scratch: Path) -> dict[str, Any]:
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Child side: time every variant at every N under this process's BLAS."""
+    """Child side: time every variant at every N under this process's BLAS, with MLX's device
+    and buffer cache set up as the service sets them."""
+    import sys
+
     import mlx.core as mx
 
+    from app.config import Settings
+    from app.runtime.device import use_device
+
+    settings = Settings()
+    use_device(settings.device, sys.platform, settings.cpu_cache_mb)
     rows = decode_rows(spec["sizes"], spec["repeats"], spec["budget_s"])
     return {
         "device": str(mx.default_device()),
@@ -65,6 +73,8 @@ def decode_rows(sizes: Sequence[int], repeats: int, budget_s: float) -> list[dic
     the max abs difference from batched conv (a sanity check, not the test)."""
     import tempfile
 
+    import mlx.core as mx
+
     from scripts.random_vae import write_random_vae
 
     rows: list[dict[str, Any]] = []
@@ -74,6 +84,7 @@ def decode_rows(sizes: Sequence[int], repeats: int, budget_s: float) -> list[dic
         codes = np.random.default_rng(n).integers(0, 128, size=(n, 16))
         reference = variants["conv (batched)"](codes)
         for name, decode in variants.items():
+            mx.clear_cache()  # each variant with the cache to itself, as in the service
             err = float(np.abs(decode(codes) - reference).max())  # also the warm-up call
             times = _times_ms(decode, codes, repeats, budget_s)
             rows.append(
