@@ -77,6 +77,30 @@ def _constrained(run: Run) -> Any:
     return constrained(run.model_dir, run.repeats)
 
 
+def _throughput(run: Run) -> Any:
+    from scripts.bench.batching import throughput
+
+    return throughput(run.model_dir, run.scratch, run.args.quick)
+
+
+def _throughput_child(spec: dict[str, Any]) -> dict[str, Any]:
+    from scripts.bench.batching import throughput_child
+
+    return throughput_child(spec)
+
+
+def _cli_batch(run: Run) -> Any:
+    from scripts.bench.batching import cli_batch
+
+    return cli_batch(run.model_dir, run.args.quick)
+
+
+def _per_class(run: Run) -> Any:
+    from scripts.bench.batching import per_class
+
+    return per_class(run.model_dir, run.repeats)
+
+
 def _real_size(run: Run) -> Any:
     from scripts.bench.real_size import real_size
 
@@ -152,6 +176,29 @@ STAGES = (
         True,
         "in-process",
         _constrained,
+    ),
+    Stage(
+        "throughput",
+        "1, 2, 4, 8 requests at once (continuous batching): wall vs one alone, requests/s, "
+        "latency; the tiny model and a mid-size one (real widths, 2 text layers)",
+        True,
+        "a child process per model, uvicorn on loopback inside it",
+        _throughput,
+        _throughput_child,
+    ),
+    Stage(
+        "cli_batch",
+        "`python -m app segment` on 16 images: --batch 1 vs the default",
+        True,
+        "`python -m app` processes",
+        _cli_batch,
+    ),
+    Stage(
+        "per_class",
+        "per_class=true vs a joint prompt, 3 classes: wall time and objects",
+        True,
+        "in-process (TestClient)",
+        _per_class,
     ),
     Stage(
         "real_size",
