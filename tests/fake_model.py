@@ -21,8 +21,9 @@ from app.api.app import create_app
 from app.config import Settings, keep_alive_seconds
 from app.errors import BadInput
 from app.model.messages import DecodedObject, ModelEvent, ModelOutput, ModelRequest
+from app.runtime.backend import BackendInfo, Keyed
 from app.runtime.catalog import Checkpoint
-from app.runtime.worker import BackendInfo, Keyed, Worker
+from app.runtime.worker import Worker
 
 
 @dataclass

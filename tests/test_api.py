@@ -25,9 +25,10 @@ from app.api.app import create_app
 from app.config import Settings
 from app.model.messages import ModelEvent, ModelRequest
 from app.model.paligemma import PaliGemma
+from app.runtime.backend import BackendInfo
 from app.runtime.catalog import Checkpoint
 from app.runtime.pool import RunnerPool, create_worker
-from app.runtime.worker import BackendInfo, Worker
+from app.runtime.worker import Worker
 from app.steps.tokens import box_to_pixels
 from scripts.harness import local_client, tiny_settings, wait_healthy
 from scripts.scripted_output import ScriptedOutput

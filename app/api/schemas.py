@@ -95,7 +95,7 @@ class HealthResponse(BaseModel):
     loaded_at: datetime | None
     requests_served: int
     waiting: int = Field(description="Requests admitted and waiting for the model.")
-    running: int = Field(description="Requests the model is working on now (0 or 1).")
+    running: int = Field(description="Requests decoding together now (up to SEGMENT_MAX_BATCH).")
     queued: int = Field(description="Same as waiting (kept for older clients).")
     loaded: bool = Field(
         description="The model is in memory; false after an idle unload (SEGMENT_KEEP_ALIVE): "

@@ -16,9 +16,10 @@ from collections import OrderedDict
 from app.config import Settings, keep_alive_seconds
 from app.errors import NotReady, ServiceError
 from app.model.runner import ProcessorsFactory, Runner
+from app.runtime.backend import BackendInfo
 from app.runtime.catalog import Checkpoint, resolve
 from app.runtime.device import gpu_backend, use_device
-from app.runtime.worker import BackendInfo, Worker
+from app.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 
