@@ -107,8 +107,9 @@ class Runner:
         self.decoder.decode(np.zeros((1, 16), dtype=np.int32))
 
     def close(self) -> None:
-        """Drop the weights and MLX's buffer cache, so the memory goes back to the system."""
-        del self.paligemma, self.decoder
+        """Drop the weights (the batch holds them too) and MLX's buffer cache, so the memory
+        goes back to the system."""
+        del self.paligemma, self.decoder, self._batch
         gc.collect()
         mx.clear_cache()
 
