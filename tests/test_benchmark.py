@@ -53,6 +53,9 @@ def test_results_md_is_the_committed_json_rendered_with_every_section_filled() -
         "## Repeated image",
         "## Streaming",
         "## Constrained decoding",
+        "## Throughput: requests at once",
+        "## CLI on a folder",
+        "## per_class=true against a joint prompt",
         "## Real-size PaliGemma 2 3B",
         "## On a Mac (on paper until measured there)",
     ):
