@@ -7,16 +7,22 @@ import os
 import sys
 from typing import NoReturn
 
+from app.api.listen import CannotListen, PortBusy, listen
 from app.cli.command import build_parser
 from app.config import SettingsError, get_settings
+from app.config.logs import configure_logging, trim_if_file
 from app.runtime.blas import find_openblas, preload_environment
 from app.runtime.device import gpu_backend
 
 EXIT_BAD_SETTINGS = 78  # EX_CONFIG (sysexits.h): a SEGMENT_* value is unusable; fix, then restart
+EXIT_PORT_BUSY = 75  # EX_TEMPFAIL: the port is taken; launchd tries again after ThrottleInterval
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    trim_mb = getattr(args, "stderr_max_mb", None)  # only `serve` has it
+    if trim_mb is not None:
+        trim_if_file(sys.stderr, trim_mb * 1024 * 1024)
     try:
         settings = get_settings()
     except SettingsError as exc:  # one plain line per bad value, no traceback
@@ -36,13 +42,18 @@ def main(argv: list[str] | None = None) -> None:
         from app.cli.command import segment_command
 
         leave(segment_command(args, settings))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:  # before anything is loaded: a taken port costs no read of the weights
+        sockets = listen(settings.host, settings.port)
+    except PortBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        leave(EXIT_PORT_BUSY)
+    except CannotListen as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        leave(EXIT_BAD_SETTINGS)
+    configure_logging(settings)
     from app.api.server import serve
 
-    serve(settings)
+    serve(settings, sockets)
     leave(0)
 
 

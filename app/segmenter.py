@@ -59,7 +59,8 @@ class Segmenter:
         if worker is None:
             from app.runtime.pool import create_worker  # imports MLX
 
-            worker = create_worker(settings)
+            # `load` means load now, whatever SEGMENT_PRELOAD says for the service.
+            worker = create_worker(settings, preload=True)
         segmenter = cls(settings, worker)
         status = segmenter._call(worker.wait_ready())
         if status.state != "ok":

@@ -155,6 +155,12 @@ class AppProcess:
                 stderr=out,
             )
 
+    def __enter__(self) -> AppProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def wait_healthy(self, timeout_s: float = HEALTHY_WITHIN_S) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

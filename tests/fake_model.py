@@ -127,6 +127,9 @@ class FakeBackend:
     def enqueue(self, *replies: Queued) -> None:
         self.replies.extend(replies)
 
+    def prepare(self) -> BackendInfo:
+        return BackendInfo(device="cpu", random_weights=False)
+
     def load(self) -> BackendInfo:
         self.loads += 1
         return BackendInfo(device="cpu", random_weights=False)
@@ -172,5 +175,7 @@ def fake_service(settings: Settings, input_sizes: dict[str, int] | None = None) 
         request_timeout_s=settings.request_timeout_s,
         keep_alive_s=keep_alive_seconds(settings.keep_alive),
         max_batch=settings.max_batch,
+        preload=settings.preload,
+        load_retry_s=settings.load_retry_s,
     )
     return FakeService(settings, model, worker)

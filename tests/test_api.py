@@ -342,6 +342,9 @@ class _Gated:
     def __init__(self, inner: RunnerPool) -> None:
         self.inner, self.name, self.gate = inner, inner.name, threading.Event()
 
+    def prepare(self) -> BackendInfo:
+        return self.inner.prepare()
+
     def load(self) -> BackendInfo:
         self.gate.wait(30)
         return self.inner.load()

@@ -40,6 +40,15 @@ class _Server(uvicorn.Server):
         finally:
             deadline.cancel()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit and sockets:  # uvicorn names no address for given sockets
+            host, port = sockets[0].getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            logging.getLogger("app").info(
+                "serving on http://%s:%d (Ctrl-C or SIGTERM to stop)", shown, port
+            )
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn re-raises a captured signal after shutting down, so the process would die
         # "by SIGTERM", which launchd's KeepAlive counts as a crash and restarts.
@@ -49,8 +58,8 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings) -> None:
-    """Run the service until SIGTERM or Ctrl-C."""
+def serve(settings: Settings, sockets: list[socket.socket]) -> None:
+    """Run the service on `sockets` (app.api.listen, bound first) until SIGTERM or Ctrl-C."""
     if os.environ.get(MARKER):
         logging.getLogger("app").info("CPU BLAS: OpenBLAS preloaded from %s", os.environ[MARKER])
     from app.api.app import create_app
@@ -61,7 +70,8 @@ def serve(settings: Settings) -> None:
         create_app(settings, worker),
         host=settings.host,
         port=settings.port,
+        log_config=None,  # app.config.logs set up the process's one handler
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S + UVICORN_MARGIN_S,
     )
-    _Server(config, worker).run()
+    _Server(config, worker).run(sockets=sockets)

@@ -41,8 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local PaliGemma 2 segmentation on MLX. Without a command: serve.",
     )
     commands = parser.add_subparsers(dest="command", metavar="{serve,segment}")
-    commands.add_parser(
+    serve = commands.add_parser(
         "serve", help="run the HTTP service (the default; SEGMENT_* variables configure it)"
+    )
+    serve.add_argument(
+        "--stderr-max-mb",
+        type=int,
+        metavar="MB",
+        help="empty stderr at start when it is a file past MB (the login agent's launchd file, "
+        "which nothing rotates)",
     )
     segment = commands.add_parser(
         "segment",

@@ -103,6 +103,22 @@ class Settings(BaseSettings):
     url_total_timeout_s: Seconds = Field(30.0, description="Whole image_url download.")
     url_max_redirects: int = Field(3, ge=0, le=20)  # browsers follow 20
     warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
+    # A developer wants errors at once (`make serve`); a login agent that may sit unused all
+    # day loads on the first request instead, as Ollama does.
+    preload: bool = Field(
+        True, description="Load the model at start-up; false: on the first request."
+    )
+    load_retry_s: Seconds = Field(
+        30.0,
+        description="After a failed start: how often to look whether the model has appeared "
+        "(requests always retry).",
+    )
+    log_file: Path | None = Field(
+        None, description="Log here instead of stderr, rotated by size (the login agent's)."
+    )
+    # 4 files of 5 MB: months of a quiet agent's lines, and a bounded disk if something loops.
+    log_max_mb: int = Field(5, ge=1, le=1024, description="Size at which the log file rotates.")
+    log_backups: int = Field(3, ge=0, le=100, description="Rotated log files kept.")
     # A login agent sits idle most of the day: 15 minutes keeps a working session's requests
     # warm (a reload costs seconds) and gives ~3 GB back to an 8-16 GB Mac soon after.
     keep_alive: str = Field(

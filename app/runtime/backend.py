@@ -18,7 +18,7 @@ Keyed = tuple[Hashable, ModelEvent]  # an event, and the key of the request it b
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """What the backend reports about itself once the default model is loaded."""
+    """What the backend reports about itself once the default model is found."""
 
     device: str  # "gpu" or "cpu"
     random_weights: bool  # the default model is the random-weight demo
@@ -49,8 +49,13 @@ class Backend(Protocol):
 
     name: str  # the default model's id
 
+    def prepare(self) -> BackendInfo:
+        """Choose the device and check the default model is there to load, reading no weights
+        (domain errors otherwise: 503 not installed or not whole)."""
+        ...
+
     def load(self) -> BackendInfo:
-        """Load the default model, at start-up."""
+        """Load the default model, at start-up (SEGMENT_PRELOAD)."""
         ...
 
     def unload(self) -> None:

@@ -38,14 +38,24 @@ class RunnerPool:
         self._loaded_names: tuple[str, ...] = ()
         self._device: str | None = None
 
-    def load(self) -> BackendInfo:
-        """The default model (SEGMENT_MODEL), at start-up; a domain error saying what to do
-        when it is not installed (yet) or not whole."""
+    def prepare(self) -> BackendInfo:
+        """Choose the device and check that the default model (SEGMENT_MODEL) is installed and
+        whole, reading no weights: a domain error saying what to do otherwise."""
         checkpoint = resolve(self.settings, None)
-        self._runners[checkpoint.id] = self._load(checkpoint)
-        self._note_loaded()
-        assert self._device is not None
-        return BackendInfo(device=self._device, random_weights=checkpoint.random_weights)
+        if not self.settings.vae_path.is_file():
+            raise NotReady(
+                f"The mask decoder is not installed (looked for {self.settings.vae_path}). "
+                "Run `make models` to download it."
+            )
+        return BackendInfo(device=self._choose_device(), random_weights=checkpoint.random_weights)
+
+    def load(self) -> BackendInfo:
+        """Load the default model (at start-up when SEGMENT_PRELOAD is on)."""
+        checkpoint = resolve(self.settings, None)
+        if checkpoint.id not in self._runners:
+            self._runners[checkpoint.id] = self._load(checkpoint)
+            self._note_loaded()
+        return BackendInfo(device=self._choose_device(), random_weights=checkpoint.random_weights)
 
     def batch(self, model_id: str) -> tuple[Runner, float | None]:
         """The model's runner (its batch), and the ms it took to load if it was not in memory.
@@ -99,8 +109,9 @@ class RunnerPool:
         log.info("model %s loaded for a request in %.1f s", checkpoint.id, seconds)
         return runner, seconds * 1000
 
-    def _load(self, checkpoint: Checkpoint) -> Runner:
-        if self._device is None:  # once: the model, its streams and every request on one device
+    def _choose_device(self) -> str:
+        """Once: the model, its streams and every request on one device."""
+        if self._device is None:
             self._device = use_device(
                 self.settings.device, sys.platform, self.settings.cpu_cache_mb
             )
@@ -111,6 +122,10 @@ class RunnerPool:
                 backend,
                 self.settings.device,
             )
+        return self._device
+
+    def _load(self, checkpoint: Checkpoint) -> Runner:
+        self._choose_device()
         return Runner.load(
             checkpoint.id,
             checkpoint.path,
@@ -131,13 +146,19 @@ class RunnerPool:
 
 
 def create_worker(
-    settings: Settings, *, logits_processors: ProcessorsFactory | None = None
+    settings: Settings,
+    *,
+    logits_processors: ProcessorsFactory | None = None,
+    preload: bool | None = None,
 ) -> Worker:
-    """The worker with the real backend, as the service, the CLI and `Segmenter` use it."""
+    """The worker with the real backend, as the service, the CLI and `Segmenter` use it;
+    `preload` overrides SEGMENT_PRELOAD (the CLI and `Segmenter` load at once)."""
     return Worker(
         RunnerPool(settings, logits_processors=logits_processors),
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,
         keep_alive_s=keep_alive_seconds(settings.keep_alive),
         max_batch=settings.max_batch,
+        preload=settings.preload if preload is None else preload,
+        load_retry_s=settings.load_retry_s,
     )

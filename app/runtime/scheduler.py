@@ -1,4 +1,9 @@
-"""The worker's thread: loads the default model, then runs continuous batching.
+"""The worker's thread: loads the default model (at start, or on the first request), then runs
+continuous batching.
+
+A failed load is never final: the next request tries again, and while idle the thread looks
+every `load_retry_s` whether a model that was not installed has appeared, so weights copied in
+later are served without a restart.
 
 Jobs arrive in an inbox. Each turn: take what arrived, start waiting jobs in arrival order while
 the batch has room (a job for another model than the batch's waits, and so does everything
@@ -39,15 +44,28 @@ class Stop:
 
 
 class Scheduler:
-    def __init__(self, backend: Backend, ledger: Ledger, max_batch: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        ledger: Ledger,
+        max_batch: int,
+        *,
+        preload: bool = True,
+        load_retry_s: float | None = None,
+    ) -> None:
         self.backend = backend
         self.ledger = ledger
         self.max_batch = max_batch
+        self.preload = preload  # False: the first request loads the model
+        self.load_retry_s = load_retry_s  # None: only requests retry a failed load
         self.inbox: queue.SimpleQueue[Job | Unload | Stop] = queue.SimpleQueue()
-        self.ready: Future[None] = Future()  # done once the first load succeeded or failed
+        self.ready: Future[None] = Future()  # done once the start-up load or check is over
         # What the load found; read by the loop's side for /health.
         self.state: State = "loading"
-        self.reason: str | None = "loading the model"
+        self.reason: str | None = "loading the model" if preload else "checking the model"
+        # The last failure was the model missing or incomplete (cheap to look at again), as
+        # opposed to a load that failed with whole files (only a request retries that).
+        self._missing = False
         self.info: BackendInfo | None = None
         self.loaded_at: datetime | None = None
         # This thread's own: the queue in arrival order, the running batch.
@@ -65,13 +83,18 @@ class Scheduler:
 
     # -- the loop ---------------------------------------------------------------------------
     def _serve(self) -> None:
-        self._load()
+        try:
+            self._start_up()
+        finally:
+            self.ready.set_result(None)
         while True:
             idle = not self._active and not self._pending
             try:
-                messages = [self.inbox.get(block=idle)]
+                messages = [self.inbox.get(block=idle, timeout=self._retry_timeout(idle))]
             except queue.Empty:
                 messages = []
+                if idle:  # the retry timeout passed with nothing to do
+                    self._look_again()
             while not self.inbox.empty():
                 messages.append(self.inbox.get_nowait())
             for message in messages:
@@ -87,26 +110,62 @@ class Scheduler:
             if self._active:
                 self._step()
 
-    def _load(self) -> None:
+    def _start_up(self) -> None:
+        """Load the default model, or (preload off) only check that it is there to load."""
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            self.info = self.backend.load()
-            self.loaded_at = datetime.now(UTC)
+            self.info = self.backend.prepare()
+            if self.preload:
+                self.info = self.backend.load()
+                self.loaded_at = datetime.now(UTC)
+                log.info(
+                    "model %s ready on %s in %.1f s",
+                    self.backend.name,
+                    self.info.device,
+                    time.perf_counter() - started,
+                )
+            else:
+                log.info(
+                    "model %s found; it loads on the first request (SEGMENT_PRELOAD=false)",
+                    self.backend.name,
+                )
             self.state, self.reason = "ok", None
-            log.info(
-                "model %s ready on %s in %.1f s",
-                self.backend.name,
-                self.info.device,
-                time.perf_counter() - started,
-            )
-        except (FileNotFoundError, ServiceError) as exc:  # expected before `make models`
-            self.state, self.reason = "error", getattr(exc, "detail", None) or str(exc)
-            log.warning("model not available (expected until it is installed): %s", self.reason)
         except Exception as exc:
-            self.state, self.reason = "error", str(exc) or exc.__class__.__name__
-            log.exception("model failed to load: %s", self.reason)
-        finally:
-            self.ready.set_result(None)
+            self._load_failed(exc)
+
+    def _load_failed(self, exc: BaseException) -> None:
+        """The default model could not be checked or loaded: say why; requests retry."""
+        reason = getattr(exc, "detail", None) or str(exc) or exc.__class__.__name__
+        self._missing = isinstance(exc, FileNotFoundError | ServiceError)
+        if (self.state, self.reason) == ("error", reason):
+            return  # said already; a retry every load_retry_s must not fill the log
+        self.state, self.reason = "error", reason
+        if self._missing:  # expected before `make models`, or while a disk is not mounted
+            log.warning("model not available (the next request tries again): %s", reason)
+        else:
+            log.error("model failed to load (the next request tries again)", exc_info=exc)
+
+    def _retry_timeout(self, idle: bool) -> float | None:
+        if idle and self.state == "error" and self._missing:
+            return self.load_retry_s
+        return None
+
+    def _look_again(self) -> None:
+        """While idle after a failed start: has the missing model appeared? Cheap when not."""
+        if self.state == "error" and self._missing:
+            self._start_up()
+
+    def _loaded_for_request(self, model_id: str) -> None:
+        """A request's load succeeded: if the default model is usable now, the service is ok."""
+        self.loaded_at = datetime.now(UTC)
+        if self.state == "ok":
+            return
+        try:
+            self.info = self.backend.prepare()
+        except Exception:
+            return  # another model loaded; the default one is still missing
+        self.state, self.reason = "ok", None
+        log.info("model %s loaded for a request after an earlier failure", model_id)
 
     def _admit(self) -> None:
         """Start waiting jobs in arrival order while the batch has room."""
@@ -123,10 +182,15 @@ class Scheduler:
             try:
                 if self._batch is None or model_id != self._batch_model:
                     self._batch = self._batch_model = None  # a failed swap may close it
-                    self._batch, job.load_ms = self.backend.batch(model_id)
+                    try:
+                        self._batch, job.load_ms = self.backend.batch(model_id)
+                    except Exception as exc:
+                        if model_id == self.backend.name:  # the default model
+                            self._load_failed(exc)
+                        raise
                     self._batch_model = model_id
                     if job.load_ms is not None:
-                        self.loaded_at = datetime.now(UTC)
+                        self._loaded_for_request(model_id)
                 self._deliver(self._batch.start(job, job.request))
             except BaseException as exc:  # this request's failure, reported to its reader
                 self._fail(job, exc)

@@ -92,6 +92,8 @@ class Worker:
         request_timeout_s: float,
         keep_alive_s: float | None = None,
         max_batch: int = 1,
+        preload: bool = True,
+        load_retry_s: float | None = None,
     ) -> None:
         self.backend = backend
         self.max_queue = max_queue
@@ -99,7 +101,9 @@ class Worker:
         self.keep_alive_s = keep_alive_s  # None: never unload
         self.served = 0
         self._ledger = Ledger()
-        self._scheduler = Scheduler(backend, self._ledger, max_batch)
+        self._scheduler = Scheduler(
+            backend, self._ledger, max_batch, preload=preload, load_retry_s=load_retry_s
+        )
         self._started = False
         self._closing = False
         self._jobs: set[Job] = set()  # admitted and not yet withdrawn (the loop's view)
@@ -171,8 +175,10 @@ class Worker:
     def check_admission(self) -> None:
         """Raise what `submit` would raise at once (not ready, queue full)."""
         status = self.status()
-        if status.state != "ok":
+        if status.state == "loading" or self._closing:
             raise NotReady(self._not_ready_detail(status))
+        # After a failed load a request is let through: the worker tries the load again (the
+        # pipeline has already refused, cheaply, a model that is missing or incomplete).
         if status.waiting >= self.max_queue:
             raise Busy(
                 f"{status.waiting} requests are already waiting for the model "
@@ -217,6 +223,8 @@ class Worker:
         """On the event loop: once nothing waits or runs, unload after SEGMENT_KEEP_ALIVE."""
         self._cancel_unload()
         if self.keep_alive_s is None or self.status().state != "ok" or self._jobs:
+            return
+        if not self.backend.loaded_models():  # not loaded yet (SEGMENT_PRELOAD=false)
             return
         loop = asyncio.get_running_loop()
         self._expires_at = datetime.now(UTC) + timedelta(seconds=self.keep_alive_s)
