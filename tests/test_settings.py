@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -89,6 +90,11 @@ REFUSED: list[tuple[str, str, str]] = [
     ("SEGMENT_KEEP_ALIVE", "168h1s", "168h"),
     ("SEGMENT_CONSTRAINED", "sometimes", "true or false"),
     ("SEGMENT_PNG_COMPRESSION", "10", "from 0 to 9"),
+    ("SEGMENT_PRELOAD", "later", "true or false"),
+    ("SEGMENT_LOAD_RETRY_S", "0", "above 0"),
+    ("SEGMENT_LOG_FILE", "/tmp", "is a directory"),
+    ("SEGMENT_LOG_MAX_MB", "0", "from 1 to 1,024"),
+    ("SEGMENT_LOG_BACKUPS", "0", "from 1 to 100"),
     ("SEGMENT_JPEG_DRAFT", "2", "true or false"),
     ("SEGMENT_BLAS", "openblas", "'auto' or 'bundled'"),
     ("SEGMENT_DTYPE", "float16", "'checkpoint'"),
@@ -154,6 +160,12 @@ ACCEPTED: list[tuple[str, str, Any]] = [
     ("SEGMENT_KEEP_ALIVE", "0", "0"),
     ("SEGMENT_CONSTRAINED", "0", False),
     ("SEGMENT_PNG_COMPRESSION", "9", 9),
+    ("SEGMENT_PRELOAD", "false", False),
+    ("SEGMENT_LOAD_RETRY_S", "86400", 86400.0),
+    ("SEGMENT_LOG_FILE", "logs/service.log", Path("logs/service.log")),
+    ("SEGMENT_LOG_FILE", "", None),
+    ("SEGMENT_LOG_MAX_MB", "1024", 1024),
+    ("SEGMENT_LOG_BACKUPS", "100", 100),
     ("SEGMENT_JPEG_DRAFT", "off", False),
     ("SEGMENT_BLAS", "bundled", "bundled"),
     ("SEGMENT_DTYPE", "checkpoint", "checkpoint"),

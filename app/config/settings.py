@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     )
     # 4 files of 5 MB: months of a quiet agent's lines, and a bounded disk if something loops.
     log_max_mb: int = Field(5, ge=1, le=1024, description="Size at which the log file rotates.")
-    log_backups: int = Field(3, ge=0, le=100, description="Rotated log files kept.")
+    # At least 1: with none, Python's rotating handler never rotates at all.
+    log_backups: int = Field(3, ge=1, le=100, description="Rotated log files kept.")
     # A login agent sits idle most of the day: 15 minutes keeps a working session's requests
     # warm (a reload costs seconds) and gives ~3 GB back to an 8-16 GB Mac soon after.
     keep_alive: str = Field(
@@ -200,6 +201,21 @@ class Settings(BaseSettings):
         if value.strip().lower() not in LOG_LEVELS:
             raise ValueError(f"is not a log level: use one of {', '.join(LOG_LEVELS)} (any case).")
         return value.strip().lower()
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_file")
+    @classmethod
+    def _a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and value.expanduser().is_dir():
+            raise ValueError(
+                "is a directory: use a file path in it, e.g. "
+                "~/Library/Logs/paligemma-segment/service.log."
+            )
+        return value
 
     @field_validator("keep_alive")
     @classmethod
