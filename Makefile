@@ -60,7 +60,7 @@ clean:
 AGENT := -m scripts.launchd_agent
 AGENT_PY = $(if $(wildcard $(PY)),$(PY),$(or $(PYTHON),python3))
 
-.PHONY: install-agent uninstall-agent agent-status agent-plist
+.PHONY: install-agent uninstall-agent restart-agent agent-status agent-logs agent-plist
 
 install-agent: $(STAMP)  ## Run the service at login (launchd); SEGMENT_* variables set now are kept
 	$(PY) $(AGENT) install
@@ -68,8 +68,14 @@ install-agent: $(STAMP)  ## Run the service at login (launchd); SEGMENT_* variab
 uninstall-agent:  ## Stop the login agent and remove its plist (nothing installed: no error)
 	$(AGENT_PY) $(AGENT) uninstall
 
-agent-status:  ## Loaded? PID, last exit code, log path, /health
+restart-agent:  ## Restart the login agent's service (after `make models`, or a code update)
+	@$(AGENT_PY) $(AGENT) restart
+
+agent-status:  ## Loaded? PID, the last exit explained, stale paths, /health
 	@$(AGENT_PY) $(AGENT) status
+
+agent-logs:  ## The end of the agent's logs (launchd's start-up file and the service's own)
+	@$(AGENT_PY) $(AGENT) logs
 
 agent-plist: $(STAMP)  ## Print the plist install-agent would write (any OS; installs nothing)
 	@$(PY) $(AGENT) print-plist

@@ -29,16 +29,18 @@ from scripts.launchd_agent import (
     TEMPLATE,
     AgentError,
     install,
+    logs,
     main,
     parse_print,
     render_plist,
+    restart,
     service_target,
     status,
     uninstall,
     unload,
 )
 
-UID = os.getuid()
+UID = 501  # a Mac's first user (this machine may run tests as root, which install refuses)
 TARGET = service_target(UID)
 
 FAKE_LAUNCHCTL = r"""#!/bin/sh
@@ -54,14 +56,16 @@ case "$1" in
     if [ -f "$dir/loaded" ]; then rm "$dir/loaded"; exit 0; fi
     echo "Boot-out failed: 3: No such process" >&2; exit 3 ;;
   bootstrap)
-    if [ -f "$dir/old-macos" ] || [ -f "$dir/broken" ]; then
+    if [ -f "$dir/disabled" ]; then
+      echo "Bootstrap failed: 119: Service is disabled" >&2; exit 119; fi
+    if [ -f "$dir/broken" ] || [ -f "$dir/loaded" ]; then
       echo "Bootstrap failed: 5: Input/output error" >&2; exit 5; fi
-    if [ -f "$dir/loaded" ]; then echo "Bootstrap failed: 5: Input/output error" >&2; exit 5; fi
+    if [ -f "$dir/silently-ignored" ]; then exit 0; fi
     cp "$3" "$dir/loaded"; exit 0 ;;
-  load)
-    if [ -f "$dir/broken" ]; then echo "Load failed: 5: Input/output error" >&2; exit 5; fi
-    cp "$3" "$dir/loaded"; exit 0 ;;
-  enable) exit 0 ;;
+  enable) rm -f "$dir/disabled"; exit 0 ;;
+  kickstart)
+    if [ -f "$dir/loaded" ]; then exit 0; fi
+    echo "Could not find service" >&2; exit 113 ;;
 esac
 echo "Unrecognized subcommand: $1" >&2; exit 1
 """
@@ -158,15 +162,19 @@ def darwin_install(checkout: Path, home: Path, env: dict[str, str] | None = None
 def test_plist_has_every_key_with_the_right_type(checkout: Path, home: Path) -> None:
     plist = render(checkout, home)
     assert plist["Label"] == LABEL and "." in LABEL  # reverse-DNS
-    assert plist["ProgramArguments"] == [str(checkout / ".venv/bin/python"), "-m", "app"]
+    assert plist["ProgramArguments"] == [
+        str(checkout / ".venv/bin/python"),
+        *("-m", "app", "serve", "--stderr-max-mb", "1"),
+    ]
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}  # crash: restart; clean stop: not
-    assert isinstance(plist["ThrottleInterval"], int) and plist["ThrottleInterval"] >= 5
+    # A start that cannot succeed (port taken, bad setting) retries at a pace a human notices.
+    assert isinstance(plist["ThrottleInterval"], int) and 30 <= plist["ThrottleInterval"] <= 60
     assert plist["ProcessType"] in ("Interactive", "Standard")
     assert plist["LimitLoadToSessionType"] == "Aqua"
     assert plist["WorkingDirectory"] == str(checkout)
-    log = home / "Library/Logs/paligemma-segment/server.log"
-    assert plist["StandardOutPath"] == plist["StandardErrorPath"] == str(log)
+    logs = home / "Library/Logs/paligemma-segment"
+    assert plist["StandardOutPath"] == plist["StandardErrorPath"] == str(logs / "launchd.log")
     # launchd sends SIGKILL after ExitTimeOut: leave the service its own drain time and more.
     assert isinstance(plist["ExitTimeOut"], int) and plist["ExitTimeOut"] > GRACEFUL_SHUTDOWN_S
     env = plist["EnvironmentVariables"]
@@ -174,6 +182,8 @@ def test_plist_has_every_key_with_the_right_type(checkout: Path, home: Path) -> 
     assert env["PYTHONUNBUFFERED"] == "1"
     required = {"SEGMENT_MODEL", "SEGMENT_VAE_PATH", "SEGMENT_MODELS_DIR", "SEGMENT_HOST"}
     assert required | {"SEGMENT_PORT", "HF_HOME"} <= set(env)
+    assert env["SEGMENT_LOG_FILE"] == str(logs / "service.log")  # rotated by the service
+    assert env["SEGMENT_PRELOAD"] == "false"  # loads on the first request, not at each login
 
 
 def test_every_path_is_absolute_and_exists(checkout: Path, home: Path) -> None:
@@ -256,20 +266,25 @@ def test_an_unknown_placeholder_is_refused(tmp_path: Path, checkout: Path, home:
 def test_install_writes_the_plist_and_bootstraps_it(
     launchctl: FakeLaunchctl, checkout: Path, home: Path
 ) -> None:
-    message = darwin_install(checkout, home)
+    env = {"SEGMENT_API_TOKEN": "s3cret", "SEGMENT_PORT": "8001"}
+    message = darwin_install(checkout, home, env)
     plist = home / "Library/LaunchAgents" / f"{LABEL}.plist"
     assert launchctl.calls() == [
         f"bootout {TARGET}",  # not loaded: exits 3, tolerated
         f"print {TARGET}",
-        f"enable {TARGET}",
         f"bootstrap gui/{UID} {plist}",
+        f"print {TARGET}",  # launchd really lists it
     ]
-    assert plist.read_bytes() == render_plist(checkout, home, {})
+    assert plist.read_bytes() == render_plist(checkout, home, env)
     assert plist.stat().st_mode & 0o077 == 0  # it may hold SEGMENT_API_TOKEN
-    log = home / "Library/Logs/paligemma-segment/server.log"
+    log = home / "Library/Logs/paligemma-segment/service.log"
     assert log.parent.is_dir()
-    assert str(log) in message and "http://127.0.0.1:8000" in message
-    assert "privacy protection" not in message
+    assert str(log) in message and "http://127.0.0.1:8001" in message
+    assert "loads on the first request" in message
+    # Every setting the plist keeps is listed, the token without its value.
+    assert "    SEGMENT_PORT=8001" in message and "    SEGMENT_PRELOAD=false" in message
+    assert "SEGMENT_API_TOKEN=(hidden)" in message and "s3cret" not in message
+    assert "privacy protection" not in message and "warning" not in message
 
 
 def test_reinstall_boots_out_the_loaded_agent_first(
@@ -280,7 +295,7 @@ def test_reinstall_boots_out_the_loaded_agent_first(
     darwin_install(checkout, home, {"SEGMENT_PORT": "8081"})
     plist = home / "Library/LaunchAgents" / f"{LABEL}.plist"
     calls = launchctl.calls()
-    assert calls[0] == f"bootout {TARGET}" and calls[-1] == f"bootstrap gui/{UID} {plist}"
+    assert calls[0] == f"bootout {TARGET}" and calls[-2] == f"bootstrap gui/{UID} {plist}"
     loaded = launchctl.loaded_plist()
     assert loaded is not None and loaded["EnvironmentVariables"]["SEGMENT_PORT"] == "8081"
 
@@ -294,22 +309,72 @@ def test_install_warns_about_privacy_protected_folders(
     assert "privacy protection" in darwin_install(moved, home)
 
 
-def test_install_falls_back_to_load_w_on_old_macos(
-    launchctl: FakeLaunchctl, checkout: Path, home: Path
-) -> None:
-    launchctl.set("old-macos")
-    darwin_install(checkout, home)
-    plist = home / "Library/LaunchAgents" / f"{LABEL}.plist"
-    assert launchctl.calls()[-1] == f"load -w {plist}"
-    assert launchctl.loaded_plist() is not None
-
-
-def test_install_says_what_launchctl_said_when_it_cannot_load(
+def test_install_never_uses_the_legacy_load(
     launchctl: FakeLaunchctl, checkout: Path, home: Path
 ) -> None:
     launchctl.set("broken")
-    with pytest.raises(AgentError, match=r"Bootstrap failed: 5.*Load failed: 5"):
+    with pytest.raises(AgentError):
         darwin_install(checkout, home)
+    assert not any(call.startswith(("load", "unload")) for call in launchctl.calls())
+
+
+def test_a_failed_bootstrap_says_what_launchctl_said_and_what_it_means(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path
+) -> None:
+    launchctl.set("broken")
+    with pytest.raises(AgentError) as caught:
+        darwin_install(checkout, home)
+    assert "Bootstrap failed: 5: Input/output error" in str(caught.value)
+    assert "Login Items" in str(caught.value)  # what error 5 usually means
+
+
+def test_a_bootstrap_that_loads_nothing_is_not_reported_as_installed(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path
+) -> None:
+    launchctl.set("silently-ignored")  # exit 0, but launchd does not list the service
+    with pytest.raises(AgentError, match="does not list"):
+        install(checkout, home, {}, platform="darwin", uid=UID)
+
+
+def test_a_disabled_agent_is_enabled_and_bootstrapped_again(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path
+) -> None:
+    launchctl.set("disabled")
+    message = darwin_install(checkout, home)
+    plist = home / "Library/LaunchAgents" / f"{LABEL}.plist"
+    assert launchctl.calls()[2:5] == [
+        f"bootstrap gui/{UID} {plist}",
+        f"enable {TARGET}",
+        f"bootstrap gui/{UID} {plist}",
+    ]
+    assert "enabled it again" in message and launchctl.loaded_plist() is not None
+
+
+def test_install_refuses_root(launchctl: FakeLaunchctl, checkout: Path, home: Path) -> None:
+    with pytest.raises(AgentError, match="not as root or with sudo"):
+        install(checkout, home, {}, platform="darwin", uid=0)
+    assert launchctl.calls() == [] and not (home / "Library").exists()
+
+
+def test_install_warns_about_an_interpreter_path_naming_a_patch_version(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path
+) -> None:
+    (checkout / ".venv/pyvenv.cfg").write_text(
+        "home = /Users/me/.pyenv/versions/3.12.4/bin\ninclude-system-site-packages = false\n"
+    )
+    message = darwin_install(checkout, home)
+    assert "warning:" in message and "version 3.12.4" in message
+    (checkout / ".venv/pyvenv.cfg").write_text("home = /opt/homebrew/opt/python@3.12/bin\n")
+    assert "version" not in darwin_install(checkout, home)
+
+
+def test_install_without_weights_warns_and_installs(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path
+) -> None:
+    shutil.rmtree(checkout / "models" / DEFAULT_MODEL)
+    message = darwin_install(checkout, home)
+    assert "serves it once `make models` has put it there" in message
+    assert launchctl.loaded_plist() is not None
 
 
 def _no_venv(checkout: Path) -> dict[str, str]:
@@ -317,23 +382,11 @@ def _no_venv(checkout: Path) -> dict[str, str]:
     return {}
 
 
-def _no_model(checkout: Path) -> dict[str, str]:
-    shutil.rmtree(checkout / "models" / DEFAULT_MODEL)
-    return {}
-
-
-def _no_vae(checkout: Path) -> dict[str, str]:
-    (checkout / "models/vae-oid.npz").unlink()
-    return {}
-
-
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
         (_no_venv, "No virtual environment"),
-        (_no_model, "run `make models` first"),
-        (_no_vae, "vae-oid.npz not found: run `make models` first"),
-        (lambda _: {"SEGMENT_PORT": "eighty"}, "Invalid setting"),
+        (lambda _: {"SEGMENT_PORT": "eighty"}, "Invalid setting: SEGMENT_PORT='eighty' is not"),
     ],
 )
 def test_install_refuses_what_could_only_fail_at_login(
@@ -419,7 +472,9 @@ def test_status_reports_pid_exit_code_logs_and_health(
     code, report = status(home, platform="darwin", uid=UID)
     assert code == 0
     assert "state running, pid 4242, last exit code (never exited)" in report
-    assert str(home / "Library/Logs/paligemma-segment/server.log") in report
+    assert str(home / "Library/Logs/paligemma-segment/service.log") in report
+    assert "last:    it has been running since it was loaded" in report
+    assert "problem" not in report
     assert f"http://127.0.0.1:{port}/health: 200 ok" in report
     reply.update(code=503, body={"status": "loading", "reason": "loading the model"})
     code, report = status(home, platform="darwin", uid=UID)
@@ -439,6 +494,80 @@ def test_status_when_not_installed(launchctl: FakeLaunchctl, home: Path) -> None
     assert code == 1
     assert "loaded:  no" in report and "(not installed)" in report
     assert launchctl.calls() == [f"print {TARGET}"]
+
+
+def _print_with(launchctl: FakeLaunchctl, **fields: str) -> None:
+    text = PRINT_OUTPUT.replace("\tlast exit code = (never exited)\n", "")
+    extra = "".join(f"\t{name.replace('_', ' ')} = {value}\n" for name, value in fields.items())
+    (launchctl.dir / "print.txt").write_text(text.replace("\tpid = 4242\n", extra))
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"last_exit_code": "75"}, "its port was taken by another program"),
+        ({"last_exit_code": "78: EX_CONFIG"}, "a SEGMENT_* setting in the plist is invalid"),
+        ({"last_exit_code": "0"}, "it stopped cleanly"),
+        ({"last_exit_code": "3"}, "exit 3: `make agent-logs` shows why"),
+        ({"last_terminating_signal": "Abort trap: 6"}, "killed by Abort trap: 6"),
+    ],
+)
+def test_status_explains_the_last_exit(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path, fields: dict[str, str], says: str
+) -> None:
+    darwin_install(checkout, home, {"SEGMENT_PORT": str(free_port())})
+    _print_with(launchctl, **fields)
+    code, report = status(home, platform="darwin", uid=UID)
+    assert code == 1 and f"last:    {says}" in report
+
+
+def test_status_finds_an_interpreter_or_checkout_that_is_gone(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path, tmp_path: Path
+) -> None:
+    # The venv's python is a link to an interpreter that an upgrade removed.
+    base = tmp_path / "pyenv/versions/3.12.4/bin/python3.12"
+    base.parent.mkdir(parents=True)
+    base.symlink_to(sys.executable)
+    venv_python = checkout / ".venv/bin/python"
+    venv_python.unlink()
+    venv_python.symlink_to(base)
+    darwin_install(checkout, home, {"SEGMENT_PORT": str(free_port())})
+    code, report = status(home, platform="darwin", uid=UID)
+    assert "problem" not in report
+    base.unlink()
+    code, report = status(home, platform="darwin", uid=UID)
+    assert code == 1
+    assert f"problem: the interpreter {venv_python} is a link to {base}, which is gone" in report
+    shutil.rmtree(checkout)
+    code, report = status(home, platform="darwin", uid=UID)
+    assert f"problem: the checkout {checkout} is gone" in report
+
+
+def test_restart_kickstarts_a_loaded_agent(
+    launchctl: FakeLaunchctl, checkout: Path, home: Path
+) -> None:
+    with pytest.raises(AgentError, match="not loaded"):
+        restart(platform="darwin", uid=UID)
+    darwin_install(checkout, home)
+    launchctl.clear()
+    assert "Restarted" in restart(platform="darwin", uid=UID)
+    assert launchctl.calls() == [f"print {TARGET}", f"kickstart -k {TARGET}"]
+    with pytest.raises(AgentError, match="not as root"):
+        restart(platform="darwin", uid=0)
+    with pytest.raises(AgentError, match="not as root"):
+        uninstall(home, platform="darwin", uid=0)
+
+
+def test_logs_shows_the_end_of_both_files(home: Path) -> None:
+    folder = home / "Library/Logs/paligemma-segment"
+    assert "none yet" in logs(home)
+    folder.mkdir(parents=True)
+    (folder / "launchd.log").write_text("error: SEGMENT_PORT='eighty' is not a whole number\n")
+    (folder / "service.log").write_text("".join(f"line {n}\n" for n in range(1000)))
+    shown = logs(home, lines=5).splitlines()
+    assert "error: SEGMENT_PORT='eighty' is not a whole number" in shown
+    assert shown[-6:-1] == [f"line {n}" for n in range(995, 1000)]
+    assert shown[-1] == f"Follow it live: tail -F {folder / 'service.log'}"
 
 
 def test_parse_print_reads_the_top_level_fields() -> None:
