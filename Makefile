@@ -14,7 +14,7 @@ endif
 STAMP := $(VENV)/.installed-$(BACKEND)
 DEMO_DIR := models/paligemma2-tiny-random
 
-.PHONY: install serve test demo models lint bench clean
+.PHONY: install serve test demo models check lint bench clean
 
 $(STAMP): pyproject.toml
 	@sh scripts/python_env.sh venv $(VENV) $(PYTHON)
@@ -43,6 +43,9 @@ demo: $(STAMP)  ## Serve a tiny RANDOM-WEIGHT model: every code path runs, the m
 
 models: $(STAMP)  ## Download the PaliGemma 2 mix checkpoint and vae-oid.npz into models/
 	$(PY) -m scripts.download_models
+
+check: $(STAMP)  ## After `make models`: segment a bundled photo, check the model finds the person, print one verdict line with the speeds (exit 0 pass, 1 fail, 2 no weights)
+	$(PY) -m scripts.check_model
 
 bench: $(STAMP)  ## Time the stages, write bench/results.json + RESULTS.md (BENCH_FLAGS: --list, --stage NAME, --quick, --real-size)
 	$(PY) -m scripts.benchmark $(BENCH_FLAGS)
