@@ -116,6 +116,7 @@ class Scheduler:
         try:
             self.info = self.backend.prepare()
             if self.preload:
+                self.state, self.reason = "loading", "loading the model"
                 self.info = self.backend.load()
                 self.loaded_at = datetime.now(UTC)
                 log.info(
