@@ -43,7 +43,7 @@ class Run:
     @cached_property
     def model_dir(self) -> Path:
         """The tiny random PaliGemma 2 and VAE, built on first use (~1 s)."""
-        from scripts.make_tiny_model import build_tiny_model
+        from app.model.tiny import build_tiny_model
 
         return build_tiny_model(self.scratch / "tiny")
 

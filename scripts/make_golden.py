@@ -2,7 +2,7 @@
 
     python -m scripts.make_golden
 
-A random mask decoder (scripts/random_vae.py, seed 0) decodes an output whose objects are
+A random mask decoder (app/model/random_vae.py, seed 0) decodes an output whose objects are
 detect-only ; segmented ; segmented, placed in a 200x120 image. The tests compare the
 in-process API and the HTTP service against it, so a swapped, flipped, transposed or mis-paired
 mask fails. Regenerate only when a change is meant to alter masks, and say why in the commit.
@@ -31,9 +31,9 @@ GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden_obj
 
 
 def main() -> None:
+    from app.model.random_vae import write_random_vae
     from app.model.vae import MaskDecoder
     from app.steps.objects import objects_from_text
-    from scripts.random_vae import write_random_vae
 
     with tempfile.TemporaryDirectory() as tmp:
         decoder = MaskDecoder.load(write_random_vae(Path(tmp) / "vae-oid.npz", seed=0))

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from scripts import make_tiny_model as tiny
+from app.model import tiny
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def build_config(image_size: int, depth: Depth = Depth()) -> dict[str, Any]:
         "torch_dtype": "bfloat16",
     }
     config |= {
-        "hidden_size": 2048,  # as in the real PaliGemma 2 config (see make_tiny_model)
+        "hidden_size": 2048,  # as in the real PaliGemma 2 config (see app/model/tiny.py)
         "image_token_index": IMAGE_TOKEN_ID,
         "projection_dim": TEXT["hidden_size"],
         "vocab_size": VOCAB_SIZE,

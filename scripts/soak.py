@@ -134,7 +134,7 @@ async def soak(url: str, pid: int, total: int, concurrency: int, deadline_s: flo
 @contextlib.contextmanager
 def tiny_model_server() -> Iterator[tuple[str, int]]:
     """`python -m app` on the tiny random model, on a free loopback port."""
-    from scripts.make_tiny_model import build_tiny_model
+    from app.model.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,12 +13,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from app.api.app import create_app
+from app.model.random_vae import write_random_vae
 from app.model.vae import MaskDecoder
 from app.runtime.pool import create_worker
 from app.steps.masks import decode_rle
 from app.steps.objects import objects_from_text
 from scripts.harness import local_client, tiny_settings, wait_healthy
-from scripts.random_vae import write_random_vae
 from scripts.scripted_output import ScriptedOutput
 from tests.images import gradient, image_bytes
 

@@ -19,8 +19,8 @@ from PIL import Image
 from app.api.app import create_app
 from app.config import Settings
 from app.model.messages import DecodedObject
+from app.model.tiny import build_tiny_model
 from scripts.harness import live_server, local_client, wait_healthy
-from scripts.make_tiny_model import build_tiny_model
 from tests.fake_model import FakeService, Reply, fake_service
 from tests.images import gradient, image_bytes
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.model.random_vae import write_random_vae
 from app.model.vae import MaskDecoder
 from app.steps.objects import objects_from_text
-from scripts.random_vae import write_random_vae
 
 
 def test_objects_from_text(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from scripts.make_tiny_model import build_tiny_model
+from app.model.tiny import build_tiny_model
 
 LOCS = [f"<loc{i:04d}>" for i in range(1024)]
 SEGS = [f"<seg{i:03d}>" for i in range(128)]

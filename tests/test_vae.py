@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import app.model.vae as vae
+from app.model.random_vae import main as random_vae_main
+from app.model.random_vae import write_random_vae
 from app.model.vae import MaskDecoder
-from scripts.random_vae import main as random_vae_main
-from scripts.random_vae import write_random_vae
 
 TOL = 1e-4
 SAME_TOL = 1e-5  # between the two MLX formulations: same float32 math, other summation order

@@ -1,7 +1,7 @@
 """Write a random `vae-oid.npz` with the real key names and PyTorch shapes (tests, dev without
 the download). Pure NumPy: no MLX or torch needed to produce it.
 
-    python -m scripts.random_vae models/vae-oid.npz
+    python -m app.model.random_vae models/vae-oid.npz
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ the file layout, config keys, weight names, and tokenizer id order of a real Pal
 checkpoint, so loading and decoding code tested on it works on the real one. No torch and no
 network: numpy, safetensors and tokenizers only, in about a second.
 
-    python scripts/make_tiny_model.py models/paligemma2-tiny [--seed 0] [--image-size 224]
+    python -m app.model.tiny models/paligemma2-tiny [--seed 0] [--image-size 224]
+
+`SEGMENT_MODEL=demo` (`make demo`) builds it on first use into the models directory
+(app.runtime.catalog), marked `random_weights`.
 
 `--image-size` gives the model another input size (448 like the mix-448 checkpoints: four
 times the image tokens), so code that must take per-model facts from the right checkpoint can
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
+
+from app.model.random_vae import write_random_vae
 
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
@@ -291,7 +295,6 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, image_size: int = IMAGE_SI
     """
     if image_size <= 0 or image_size % PATCH_SIZE:
         raise ValueError(f"--image-size must be a positive multiple of {PATCH_SIZE}")
-    from scripts.random_vae import write_random_vae  # lazy: lets the CLI fix sys.path first
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -316,5 +319,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # make `scripts` importable
     main()

@@ -33,7 +33,7 @@ def real_vocabulary_tokenizer(directory: Path) -> Any:
     """The real-size tokenizer files (257,216 ids, loc/seg where the real ones are), loaded."""
     from transformers import AutoTokenizer
 
-    from scripts.make_tiny_model import write_processor_files
+    from app.model.tiny import write_processor_files
     from scripts.real_size_model import build_tokenizer
 
     write_processor_files(directory, 224, build_tokenizer())

@@ -1,6 +1,6 @@
 """Stage `mask_decode`: the VAE mask decoder, every formulation, under each CPU BLAS.
 
-Random real-size checkpoint (`scripts.random_vae`), random codes, N objects per request: direct
+Random real-size checkpoint (`app.model.random_vae`), random codes, N objects per request: direct
 convolutions vs matmuls, with and without `mx.compile`, batched vs one call per object, plus a
 NumPy baseline and JAX/XLA when installed (`pip install -e '.[bench]'`). Which BLAS a process
 uses is fixed when it starts, so each BLAS gets its own child process.
@@ -75,7 +75,7 @@ def decode_rows(sizes: Sequence[int], repeats: int, budget_s: float) -> list[dic
 
     import mlx.core as mx
 
-    from scripts.random_vae import write_random_vae
+    from app.model.random_vae import write_random_vae
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
