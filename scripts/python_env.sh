@@ -62,10 +62,17 @@ make_venv() { # $1: the directory, $2: an explicit PYTHON, or empty
         if new_enough "$1/bin/python"; then
             return 0
         fi
-        echo "$1 was made by Python $(version_of "$1/bin/python"), too old or gone; rebuilding it." >&2
+        old=$(version_of "$1/bin/python")
+        # Found first, removed after: with nothing to rebuild it from, the old one stays.
+        base=$(find_python "${2:-}") || {
+            echo "$1 was made by Python $old, too old or gone; it is kept until a newer Python is there to rebuild it." >&2
+            return 1
+        }
+        echo "$1 was made by Python $old, too old or gone; rebuilding it." >&2
         rm -rf "$1"
+    else
+        base=$(find_python "${2:-}") || return 1
     fi
-    base=$(find_python "${2:-}") || return 1
     echo "Creating $1 with $base (Python $(version_of "$base"))." >&2
     "$base" -m venv "$1"
 }

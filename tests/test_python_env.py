@@ -107,6 +107,20 @@ def test_a_venv_left_by_an_old_python_is_rebuilt(bin_dir: Path, tmp_path: Path) 
     assert again.returncode == 0 and again.stderr == ""
 
 
+def test_an_old_venv_is_kept_while_no_newer_python_can_rebuild_it(
+    bin_dir: Path, tmp_path: Path
+) -> None:
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    fake_python(venv / "bin" / "python", "3.9.6")
+    (venv / "kept").write_text("what was installed")
+    done = run(bin_dir, "venv", str(venv))
+    assert done.returncode == 1
+    assert "it is kept until a newer Python is there" in done.stderr
+    assert "No Python 3.11 or newer found" in done.stderr  # and what to install
+    assert (venv / "kept").is_file() and (venv / "bin" / "python").is_file()
+
+
 def test_make_stops_at_once_on_a_too_old_python(bin_dir: Path, tmp_path: Path) -> None:
     checkout = tmp_path / "checkout"
     (checkout / "scripts").mkdir(parents=True)
