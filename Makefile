@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 # installed is remembered. macOS always gets Metal.
 BACKEND ?= $(or $(shell cat $(VENV)/.backend 2>/dev/null),cpu)
 ifeq ($(shell uname -s),Linux)
-EXTRAS := dev,$(BACKEND)
+EXTRAS := $(BACKEND)
 else
-EXTRAS := dev
+EXTRAS :=
 endif
+# What serving needs; the developer tools (pytest, ruff, mypy, ...) come with test and lint.
 STAMP := $(VENV)/.installed-$(BACKEND)
-DEMO_DIR := models/paligemma2-tiny-random
+DEV_STAMP := $(VENV)/.installed-dev-$(BACKEND)
 
 .PHONY: install serve test demo models check lint bench clean
 
@@ -24,22 +25,28 @@ $(STAMP): pyproject.toml
 	@if [ "$$(cat $(VENV)/.backend 2>/dev/null)" != "$(BACKEND)" ]; then \
 		$(PY) -m pip uninstall --quiet --yes mlx-cpu mlx-cuda-12 mlx-cuda-13 2>/dev/null || true; fi
 	@echo "Installing the dependencies into $(VENV) (the first time takes a few minutes)..."
-	$(PY) -m pip install --progress-bar on -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --progress-bar on -e ".$(if $(EXTRAS),[$(EXTRAS)])"
 	echo $(BACKEND) > $(VENV)/.backend
 	touch $(STAMP)
 
-install: $(STAMP)  ## Create or repair .venv (serve and test do this first)
+$(DEV_STAMP): $(STAMP)
+	@echo "Installing the developer tools into $(VENV)..."
+	$(PY) -m pip install --progress-bar on -e ".[dev$(if $(EXTRAS),$(comma)$(EXTRAS))]"
+	touch $(DEV_STAMP)
+
+comma := ,
+
+install: $(STAMP)  ## Create or repair .venv with what serving needs (serve and test do this first)
 
 serve: $(STAMP)  ## Start the service on 127.0.0.1:8000 (SEGMENT_* variables configure it)
 	$(PY) -m app
 
-test: $(STAMP)  ## The whole suite (the torch parity test runs when `pip install -e .[parity]` was done)
+test: $(DEV_STAMP)  ## The whole suite (the torch parity test runs when `pip install -e .[parity]` was done)
 	$(PY) -m pytest
 
-demo: $(STAMP)  ## Serve a tiny RANDOM-WEIGHT model: every code path runs, the masks mean nothing
-	$(PY) -m scripts.make_tiny_model $(DEMO_DIR)
+demo: $(STAMP)  ## Serve a tiny RANDOM-WEIGHT model (SEGMENT_MODEL=demo): every code path runs, the masks mean nothing
 	@echo "*** DEMO: random weights, outputs are meaningless. Use 'make models' + 'make serve' for the real model. ***"
-	SEGMENT_MODEL=$(DEMO_DIR) SEGMENT_VAE_PATH=$(DEMO_DIR)/vae-oid.npz $(PY) -m app
+	SEGMENT_MODEL=demo $(PY) -m app
 
 models: $(STAMP)  ## Download the PaliGemma 2 mix checkpoint and vae-oid.npz into models/
 	$(PY) -m scripts.download_models
@@ -50,7 +57,7 @@ check: $(STAMP)  ## After `make models`: segment a bundled photo, check the mode
 bench: $(STAMP)  ## Time the stages, write bench/results.json + RESULTS.md (BENCH_FLAGS: --list, --stage NAME, --quick, --real-size)
 	$(PY) -m scripts.benchmark $(BENCH_FLAGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app scripts

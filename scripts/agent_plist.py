@@ -81,10 +81,18 @@ def _absolute(value: str, checkout: Path, home: Path) -> str:
 def agent_environment(checkout: Path, home: Path, env: Mapping[str, str]) -> dict[str, str]:
     """The plist's EnvironmentVariables: every SEGMENT_* in `env`, the core ones defaulted, and
     the agent's own defaults: its rotating log, and loading on the first request."""
-    from app.config import Settings  # lazy: see the module's note on imports
+    from app.config import DEMO_MODEL, Settings  # lazy: see the module's note on imports
+    from app.config.settings import DEMO_DIR_NAME, VAE_FILE
+
+    demo_vae = f"{DEMO_DIR_NAME}/{VAE_FILE}"
 
     defaults = {f"SEGMENT_{n.upper()}": str(f.default) for n, f in Settings.model_fields.items()}
     out = {key: value for key, value in env.items() if key.startswith("SEGMENT_")}
+    # The paths' defaults are derived at start-up: written out here for this checkout.
+    out.setdefault("SEGMENT_MODELS_DIR", "models")
+    if out.get("SEGMENT_MODEL") == DEMO_MODEL:
+        out.setdefault("SEGMENT_VAE_PATH", str(Path(out["SEGMENT_MODELS_DIR"]) / demo_vae))
+    out.setdefault("SEGMENT_VAE_PATH", str(Path(out["SEGMENT_MODELS_DIR"]) / "vae-oid.npz"))
     for key in ALWAYS_SET:
         out.setdefault(key, defaults[key])
     out.setdefault("SEGMENT_LOG_FILE", str(agent_paths(checkout, home).service_log))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -28,3 +29,15 @@ def exif_rotated_jpeg(width: int = 64, height: int = 48, orientation: int = 6) -
     exif = Image.Exif()
     exif[0x0112] = orientation
     return image_bytes(gradient(width, height), "JPEG", exif=exif.tobytes())
+
+
+def noise_photo(path: Path, min_bytes: int) -> Path:
+    """A JPEG of at least `min_bytes`: noise does not compress, so it stands in for a phone
+    photo's size (the service's limits and the command line's are about bytes)."""
+    side = 512
+    while True:
+        pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, quality=95)
+        if path.stat().st_size >= min_bytes:
+            return path
+        side = int(side * 1.5)

@@ -394,7 +394,7 @@ def test_missing_model_starts_anyway_and_says_how_to_fix_it(tmp_path: Path) -> N
             time.sleep(0.05)
         health = client.get("/health")
         assert health.status_code == 503 and body["status"] == "error"
-        assert "make models" in body["reason"] and "make demo" in body["reason"]
+        assert "make models" in body["reason"] and "SEGMENT_MODEL=demo" in body["reason"]
         response = client.post(
             "/segment",
             data={"prompt": "cat"},

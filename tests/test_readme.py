@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from app.api.app import create_app
 from app.config import Settings
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 
 
 def test_configuration_table_lists_exactly_the_settings() -> None:
@@ -20,7 +27,18 @@ def test_configuration_table_lists_exactly_the_settings() -> None:
 
 def test_configuration_table_defaults_match() -> None:
     rows = dict(re.findall(r"^\| `SEGMENT_([A-Z_]+)` \| `([^`]*)`", README, flags=re.M))
+    derived = {  # defaults computed at start-up, documented by what they are made from
+        "MODELS_DIR": ("<checkout>/models", Settings().models_dir == ROOT / "models"),
+        "VAE_PATH": (
+            "<models dir>/vae-oid.npz",
+            Settings().vae_path == ROOT / "models/vae-oid.npz",
+        ),
+    }
     for name, field in Settings.model_fields.items():
+        if name.upper() in derived:
+            documented, true = derived[name.upper()]
+            assert rows[name.upper()] == documented and true, name
+            continue
         default = field.default
         if isinstance(default, bool):
             expected = str(default).lower()
@@ -31,10 +49,35 @@ def test_configuration_table_defaults_match() -> None:
         assert rows[name.upper()] == expected.removesuffix(".0"), name
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_json_curl_example_runs_with_a_big_photo(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from scripts.harness import live_server, tiny_settings, wait_healthy
+    from tests.images import noise_photo
+
+    block = README.split("```sh\n{ printf", 1)[1].split("```", 1)[0]
+    photo = tmp_path / "photo.jpg"
+    noise_photo(photo, min_bytes=2 * 1024 * 1024)  # its base64 is past Linux's 128 KB per argument
+    with live_server(create_app(tiny_settings(tiny_model_dir))) as url:
+        wait_healthy(url, timeout_s=60)
+        done = subprocess.run(
+            ["bash", "-c", "{ printf" + block.replace("http://127.0.0.1:8000", url)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert [o["label"] for o in answer["objects"]] == ["cat"], answer
+    width, height = Image.open(photo).size  # the whole photo arrived and was decoded
+    assert answer["objects"][0]["mask"]["size"] == [height, width]
+
+
 def test_curl_example_fields_are_the_api_fields() -> None:
     curl = README.split("```sh\ncurl", 1)[1].split("```", 1)[0]
     sent = set(re.findall(r"(?:-F|--form-string) \"?(\w+)=", curl))
-    schema = create_app(Settings()).openapi()  # type: ignore[call-arg]
+    schema = create_app(Settings()).openapi()
     content = schema["paths"]["/segment"]["post"]["requestBody"]["content"]
     fields = set(content["multipart/form-data"]["schema"]["properties"])
     assert sent and sent <= fields
@@ -59,9 +102,9 @@ def test_python_api_example_runs(
     example = README.split("```python\nfrom app.segmenter import Segmenter", 1)[1]
     code = "from app.segmenter import Segmenter" + example.split("```", 1)[0]
     gradient(120, 90).save(tmp_path / "photo.jpg")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SEGMENT_MODEL", str(tiny_model_dir))
-    monkeypatch.setenv("SEGMENT_VAE_PATH", str(tiny_model_dir / "vae-oid.npz"))
+    monkeypatch.chdir(tmp_path)  # another directory than the checkout: the README's promise
+    monkeypatch.setenv("SEGMENT_MODEL", "demo")  # as the README says to try it
+    monkeypatch.setenv("SEGMENT_MODELS_DIR", str(tmp_path / "models"))  # built here, once
     get_settings.cache_clear()
     try:
         exec(compile(code, "README.md", "exec"), {})
@@ -81,6 +124,26 @@ def test_cli_example_uses_real_options() -> None:
     argv = line.split("python -m app ", 1)[1].replace('"cat ; dog"', "cat").split()
     args = build_parser().parse_args(argv)
     assert args.command == "segment" and args.overlay and args.coco and args.out
+
+
+@pytest.mark.slow
+def test_cli_example_runs_as_written_from_another_directory(tmp_path: Path) -> None:
+    from tests.images import gradient
+
+    line = next(ln for ln in README.splitlines() if "python -m app segment " in ln)
+    (tmp_path / "photos").mkdir()
+    for name in ("a", "b"):
+        gradient(120, 90).save(tmp_path / "photos" / f"{name}.jpg")
+    command = line.replace(".venv/bin/python", sys.executable, 1)
+    env = {**os.environ, "SEGMENT_MODEL": "demo", "SEGMENT_MODELS_DIR": str(tmp_path / "m")}
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    coco = json.loads((tmp_path / "results/coco.json").read_text())
+    assert len(coco["images"]) == 2 and {c["name"] for c in coco["categories"]} == {"cat", "dog"}
+    assert (tmp_path / "results/a.overlay.png").is_file()
+    assert "DEMO" in done.stderr or "random" in done.stderr.lower()
 
 
 def test_streaming_example_runs(

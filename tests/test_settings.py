@@ -244,7 +244,8 @@ def test_an_edge_value_is_accepted(
     if name == "SEGMENT_API_TOKEN" and got is not None:
         got = got.get_secret_value()
     elif name in ("SEGMENT_VAE_PATH", "SEGMENT_MODELS_DIR"):
-        got = str(got)
+        got = str(got)  # made absolute from the current directory
+        expected = str(Path(expected).absolute())
     assert got == expected
 
 

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--mask-format", choices=MASK_FORMATS, default="png")
     segment.add_argument("--max-new-tokens", type=int, help="cap on generated tokens")
     segment.add_argument(
-        "--model", help="an installed model id (see GET /models); default SEGMENT_MODEL"
+        "--model",
+        help="an installed model id (see GET /models), or `demo` (a tiny random-weight model, "
+        "built on first use); default SEGMENT_MODEL",
     )
     segment.add_argument(
         "--batch",
@@ -132,7 +134,8 @@ def _backend(
 
     if args.server:
         return RemoteService(args.server, args.token or _token(settings), in_flight)
-    return LocalModel(settings)
+    # In this process --model is the model to load (`--model demo` needs no SEGMENT_* at all).
+    return LocalModel(settings.with_model(args.model) if args.model else settings)
 
 
 def _token(settings: Settings) -> str | None:

@@ -2,6 +2,7 @@
 
 from app.config.settings import (
     DEFAULT_MODEL,
+    DEMO_MODEL,
     Settings,
     SettingsError,
     get_settings,
@@ -11,6 +12,7 @@ from app.config.values import keep_alive_seconds
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEMO_MODEL",
     "Settings",
     "SettingsError",
     "get_settings",

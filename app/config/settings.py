@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Literal, cast
 
 from annotated_types import Ge, Gt, Le
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -27,6 +34,11 @@ from app.config.values import (
 )
 
 DEFAULT_MODEL = "mlx-community/paligemma2-3b-mix-448-8bit"
+# SEGMENT_MODEL=demo: the tiny random-weight model, built on first use into the models directory.
+DEMO_MODEL = "demo"
+DEMO_DIR_NAME = "paligemma2-tiny-random"
+VAE_FILE = "vae-oid.npz"
+CHECKOUT = Path(__file__).resolve().parents[2]
 # ~22 tokens per object (4 loc + 16 seg + label + separator): room for 8 objects and long labels.
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -60,10 +72,20 @@ class Settings(BaseSettings):
 
     model: str = Field(
         DEFAULT_MODEL,
-        description="Hugging Face id of an mlx-vlm PaliGemma checkpoint, or a local directory.",
+        description="Hugging Face id of an mlx-vlm PaliGemma checkpoint, a local directory, or "
+        "`demo` (a tiny random-weight model, built on first use).",
     )
-    vae_path: Path = Field(Path("models/vae-oid.npz"), description="big_vision's mask VAE.")
-    models_dir: Path = Field(Path("models"), description="Where `make models` puts weights.")
+    # Given or not, both end up absolute (the validator below): messages name real places, and
+    # a script run from another directory finds the same weights.
+    vae_path: Path = Field(
+        Path(VAE_FILE),
+        description="big_vision's mask VAE; default SEGMENT_MODELS_DIR/vae-oid.npz (the demo's "
+        "own with SEGMENT_MODEL=demo).",
+    )
+    models_dir: Path = Field(
+        default_factory=lambda: default_models_dir(),
+        description="Where `make models` puts weights: the checkout's models/ by default.",
+    )
     host: Annotated[str, AfterValidator(bind_host)] = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: str = Field("info", description="critical, error, warning, info or debug.")
@@ -238,16 +260,60 @@ class Settings(BaseSettings):
             sendable_token(value.get_secret_value())
         return value
 
+    @model_validator(mode="after")
+    def _absolute_places(self) -> Settings:
+        given = set(self.model_fields_set)
+        self.models_dir = self.models_dir.expanduser().absolute()
+        if "vae_path" not in given:
+            home = self.demo_path() if self.model == DEMO_MODEL else self.models_dir
+            self.vae_path = home / VAE_FILE
+        self.vae_path = self.vae_path.expanduser().absolute()
+        self.model_fields_set.intersection_update(given)  # what was given, not what was derived
+        return self
+
     def model_path(self) -> Path:
-        """Where `model` lives: itself if it is a directory, else models_dir/<hub id>."""
+        """Where `model` lives (absolute): itself if it is a directory, the demo's directory,
+        else models_dir/<hub id>."""
+        if self.model == DEMO_MODEL:
+            return self.demo_path()
         as_path = Path(self.model).expanduser()
         if as_path.is_dir():
-            return as_path
+            return as_path.absolute()
         return self.models_dir / self.model
 
+    def model_locations(self) -> list[Path]:
+        """Every place `model` may have meant, for a message saying where it was looked for:
+        a directory (relative to here) and models_dir/<hub id>."""
+        as_path = Path(self.model).expanduser()
+        places = [self.model_path()]
+        looks_like_a_path = self.model.startswith((".", "/", "~")) or as_path.parent.is_dir()
+        if looks_like_a_path and self.model != DEMO_MODEL and as_path.absolute() not in places:
+            places.insert(0, as_path.absolute())
+        return places
+
+    def demo_path(self) -> Path:
+        return self.models_dir / DEMO_DIR_NAME
+
     def is_local_model(self) -> bool:
-        """A directory given as the model: nothing for `make models` to download."""
-        return Path(self.model).expanduser().is_dir()
+        """A directory given as the model, or the demo: nothing for `make models` to download."""
+        return self.model == DEMO_MODEL or Path(self.model).expanduser().is_dir()
+
+    def with_model(self, model: str) -> Settings:
+        """These settings with another default model (the CLI's --model); a mask decoder that
+        was not set follows the model, as it would have at start-up."""
+        keep = self.model_fields_set | {"model"}
+        if "vae_path" not in self.model_fields_set:
+            keep -= {"vae_path"}
+        data = self.model_dump(include=keep)
+        return type(self)(**{**data, "model": model})
+
+
+def default_models_dir() -> Path:
+    """The checkout's models/ (where `make models` puts weights) when running from one, which
+    `make install` always does; a user-level folder for an installed package."""
+    if (CHECKOUT / "pyproject.toml").is_file():
+        return CHECKOUT / "models"
+    return Path.home() / ".cache" / "paligemma-segment" / "models"
 
 
 class SettingsError(ValueError):

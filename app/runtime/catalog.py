@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
-from app.config import Settings
+from app.config import DEMO_MODEL, Settings
 from app.errors import BadInput, NotReady, shorten
+from app.runtime.demo_model import ensure_demo
 
+CONVERTER = "mlx-community"  # the Hub owner whose PaliGemma names map to Google's
 # What mlx-community appends to a converted checkpoint's name.
 CONVERSION_SUFFIX = re.compile(r"-(?:\d+bit|bf16|fp16|fp32|mxfp\d+|nvfp\d+)$")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # `owner/name`: what `make models` can download
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own cap on its JSON header
 
 
@@ -39,16 +42,39 @@ class Checkpoint:
 
 
 def original_hub_id(model: str) -> str | None:
-    """`mlx-community/paligemma2-3b-mix-448-8bit` (or a local directory of that name) ->
-    `google/paligemma2-3b-mix-448`; None for names that are not a PaliGemma conversion."""
-    name = CONVERSION_SUFFIX.sub("", PurePath(model.rstrip("/")).name)
-    return f"google/{name}" if name.startswith("paligemma") else None
+    """`mlx-community/paligemma2-3b-mix-448-8bit` (or a directory `.../mlx-community/<that>`)
+    -> `google/paligemma2-3b-mix-448`; None for anything else. Only mlx-community's PaliGemma
+    conversions map back: a local or random model named `paligemma2-tiny` converts no Google
+    checkpoint, so it gets no Google alias."""
+    path = PurePath(model.rstrip("/"))
+    name = CONVERSION_SUFFIX.sub("", path.name)
+    if path.parent.name != CONVERTER or not name.startswith("paligemma"):
+        return None
+    return f"google/{name}"
 
 
 def accepted_model_ids(model: str) -> list[str]:
     """A checkpoint's own name first, then its original Hub id when it has one."""
     original = original_hub_id(model)
     return [model] if original in (None, model) else [model, original]
+
+
+def not_installed_detail(model_id: str, installed: list[str], default: str) -> str:
+    """Why `model_id` names nothing here: installing is suggested only for what could be a Hub
+    id (`owner/name`); Swagger's placeholder `string`, say, is named as what it is."""
+    shown = shorten(model_id)
+    owner, _, name = model_id.partition("/")
+    if owner == "google" and HUB_ID.fullmatch(model_id):  # the service runs MLX conversions
+        fix = f"`make models SEGMENT_MODEL={CONVERTER}/{shorten(name)}-8bit` installs its MLX "
+        fix += "conversion, if the Hub has one"
+    elif HUB_ID.fullmatch(model_id):
+        fix = f"`make models SEGMENT_MODEL={shown}` installs it, if the Hub has it"
+    else:
+        fix = "it is not a Hub id (owner/name) either, so there is nothing to install"
+    return (
+        f"model_id {shown!r} is not installed here (installed: {', '.join(installed)}; GET "
+        f"/models lists them and their aliases); {fix}. Omit model_id for {default!r}."
+    )
 
 
 def installed_models(settings: Settings) -> list[Checkpoint]:
@@ -62,6 +88,9 @@ def installed_paths(settings: Settings) -> dict[str, Path]:
     default = settings.model_path()
     if (default / "config.json").is_file():
         found[settings.model] = default
+    demo = settings.demo_path()
+    if DEMO_MODEL not in found and (demo / "config.json").is_file():
+        found[DEMO_MODEL] = demo
     if settings.models_dir.is_dir():
         for config in sorted(settings.models_dir.glob("*/*/config.json")):
             directory = config.parent
@@ -73,6 +102,8 @@ def installed_paths(settings: Settings) -> dict[str, Path]:
 def find_model(settings: Settings, model_id: str | None) -> Checkpoint | None:
     """The installed checkpoint `model_id` names (any of its names); None if none does."""
     wanted = model_id or settings.model
+    if wanted == DEMO_MODEL:
+        ensure_demo(settings)
     for installed_id, path in installed_paths(settings).items():
         if wanted in accepted_model_ids(installed_id):
             return describe(installed_id, path)
@@ -85,16 +116,12 @@ def resolve(settings: Settings, model_id: str | None) -> Checkpoint:
     checkpoint = find_model(settings, model_id)
     if checkpoint is None and model_id and model_id not in accepted_model_ids(settings.model):
         names = list(installed_paths(settings)) or [settings.model]
-        shown = shorten(model_id)
-        raise BadInput(
-            f"model_id {shown!r} is not installed here; installed: {', '.join(names)} (see "
-            f"GET /models). `make models SEGMENT_MODEL=<id>` installs another; omit model_id "
-            f"for {settings.model!r}."
-        )
+        raise BadInput(not_installed_detail(model_id, names, settings.model))
     if checkpoint is None:
+        places = " and in ".join(str(place) for place in settings.model_locations())
         raise NotReady(
-            f"The model {settings.model!r} is not installed (looked in {settings.model_path()}). "
-            "Run `make models` to download it, or `make demo` to try a tiny random model."
+            f"The model {settings.model!r} is not installed (looked in {places}). Run "
+            "`make models` to download it, or set SEGMENT_MODEL=demo to try a tiny random model."
         )
     check_loadable(checkpoint)
     return checkpoint
