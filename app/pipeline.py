@@ -13,7 +13,6 @@ build the request and render what comes out; the order of the steps and the timi
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -34,6 +33,7 @@ from app.steps.masks import encode_mask
 from app.steps.objects import SegmentedObject, place_object
 from app.steps.overlay import overlay_png
 from app.steps.prompts import build_prompt, split_task_prompt, token_budget
+from app.steps.seed import image_png, seed_object
 
 log = logging.getLogger("app")
 
@@ -48,7 +48,9 @@ class SegmentResult:
     objects: list[SegmentedObject]
     overlay_png: bytes | None
     timings_ms: dict[str, float]
-    image_png: bytes | None = None  # the image as sent, upright (SEGMENT_COMPAT=seed)
+    # SEGMENT_COMPAT=seed: the model's input image (input_size square), which each object's
+    # `seed.coordinates` refer to, as the old service answered it
+    model_image_png: bytes | None = None
 
 
 ResultEvent = SegmentedObject | SegmentResult
@@ -65,7 +67,7 @@ class _Prepared:
     model_image: Image.Image  # upright RGB at the checkpoint's input size
     width: int  # the image as sent, EXIF orientation applied: boxes and masks use this size
     height: int
-    original: bytes | Image.Image | None  # for the overlay / compat image, decoded in full later
+    original: bytes | Image.Image | None  # for the overlay, decoded in full later
     started: float  # perf_counter() when the request began
     decoded: float  # ... and when its image was decoded
 
@@ -100,7 +102,6 @@ class Pipeline:
         size = checkpoint.input_size
         assert size is not None  # resolve() refuses a checkpoint without one
         data = await self._image_bytes(request)
-        keep = self.settings.compat == "seed" or request.overlay
         async with self._image_work:
             width, height, model_image = await asyncio.to_thread(self._decode, data, size)
         return _Prepared(
@@ -110,7 +111,7 @@ class Pipeline:
             model_image=model_image,
             width=width,
             height=height,
-            original=data if keep else None,
+            original=data if request.overlay else None,
             started=started,
             decoded=time.perf_counter(),
         )
@@ -158,13 +159,16 @@ class Pipeline:
             **output.timings_ms,  # (load,) queue_wait, preprocess, vision, prefill, generate, ...
             "masks": (time.perf_counter() - inferred) * 1000,  # what placement adds at the end
         }
-        overlay = image_png = None
+        overlay = model_image_png = None
         if prepared.original is not None:
             drawn = time.perf_counter()
             async with self._image_work:
-                overlay, image_png = await asyncio.to_thread(self._pictures, prepared, ordered)
-            if overlay is not None:
-                timings["overlay"] = (time.perf_counter() - drawn) * 1000
+                overlay = await asyncio.to_thread(self._overlay, prepared, ordered)
+            timings["overlay"] = (time.perf_counter() - drawn) * 1000
+        if self.settings.compat == "seed":  # a small square: a few ms
+            model_image_png = await asyncio.to_thread(
+                image_png, prepared.model_image, self._compression
+            )
         timings["total"] = (time.perf_counter() - prepared.started) * 1000
         log.info(
             "request %s prompt_chars=%d image=%dx%d objects=%d %s",
@@ -184,7 +188,7 @@ class Pipeline:
             objects=ordered,
             overlay_png=overlay,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
-            image_png=image_png,
+            model_image_png=model_image_png,
         )
 
     def _model_requests(self, prepared: _Prepared) -> list[ModelRequest]:
@@ -242,8 +246,14 @@ class Pipeline:
         return image.width, image.height, _model_sized(image.image, size)
 
     def _finish(self, obj: DecodedObject, prepared: _Prepared) -> SegmentedObject:
-        """Full-resolution placement and encoding; numpy/OpenCV only, off the MLX thread."""
+        """Full-resolution placement and encoding; numpy/OpenCV only, off the MLX thread.
+        With SEGMENT_COMPAT=seed the decoder's own 64x64 map also goes on, in the old form."""
         placed = place_object(obj, prepared.width, prepared.height)
+        if self.settings.compat == "seed" and obj.raw_mask is not None:
+            size = prepared.checkpoint.input_size
+            assert size is not None  # resolve() refuses a checkpoint without one
+            seed = seed_object(obj.raw_mask, obj.loc, size, self._compression)
+            placed = replace(placed, seed=seed)
         fmt = prepared.request.mask_format
         if placed.mask is None or fmt == "none":
             return placed
@@ -253,26 +263,16 @@ class Pipeline:
     def _compression(self) -> int:
         return self.settings.png_compression
 
-    def _pictures(
-        self, prepared: _Prepared, objects: list[SegmentedObject]
-    ) -> tuple[bytes | None, bytes | None]:
-        """The overlay and the compat image, drawn on the image decoded at full resolution:
-        people look at these, so no reduced-scale decode."""
+    def _overlay(self, prepared: _Prepared, objects: list[SegmentedObject]) -> bytes:
+        """The overlay, drawn on the image decoded at full resolution: people look at it, so
+        no reduced-scale decode."""
         original = prepared.original
         if isinstance(original, Image.Image):
             full = to_rgb(original)
         else:
             assert original is not None
             full = decode_image(original, max_pixels=self.settings.max_image_pixels).image
-        overlay = None
-        if prepared.request.overlay:
-            overlay = overlay_png(full, objects, self._compression)
-        image_png = None
-        if self.settings.compat == "seed":
-            buffer = io.BytesIO()
-            full.save(buffer, "PNG", compress_level=self._compression)
-            image_png = buffer.getvalue()
-        return overlay, image_png
+        return overlay_png(full, objects, self._compression)
 
 
 async def merged(streams: list[ModelStream]) -> AsyncGenerator[tuple[int, ModelEvent], None]:

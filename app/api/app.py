@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, worker: Worker | None = None) -
     )
     install_error_handlers(app)
     install_docs(app)
-    install_playground(app)
+    install_playground(app, seed_welcome=settings.compat == "seed")
     # Added last = runs first: every answer gets its id and headers, CORS answers preflights,
     # the guard refuses strangers, then the body limit counts bytes as they stream in (before
     # the multipart parser spools them).

@@ -1,6 +1,6 @@
 """`GET /`: the playground page for browsers, a JSON welcome for every other client.
 
-The page is plain files in app/api/static (HTML, CSS, one JavaScript module): no build step, no
+The page is plain files in app/api/static (HTML, CSS, small JavaScript modules): no build step, no
 CDN, so it works with no network at all. app/api/headers.py gives it (and every other page) a
 Content-Security-Policy that lets it load and call nothing but this service.
 """
@@ -15,6 +15,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
+# What the service this one replaces answered GET / with, word for word (SEGMENT_COMPAT=seed).
+SEED_WELCOME = {"message": "Welcome to the PaliGemma Segmentation API!"}
 
 
 def wants_html(request: Request) -> bool:
@@ -22,7 +24,8 @@ def wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def install_playground(app: FastAPI) -> None:
+def install_playground(app: FastAPI, *, seed_welcome: bool = False) -> None:
+    """The page and its files; `seed_welcome` answers API clients as the old service did."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -30,7 +33,7 @@ def install_playground(app: FastAPI) -> None:
         """The playground in a browser; a short JSON description of the service otherwise."""
         if wants_html(request):
             return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-        return JSONResponse(welcome(app))
+        return JSONResponse(SEED_WELCOME if seed_welcome else welcome(app))
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> FileResponse:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.api.body_schemas import request_body_schemas
 from app.api.errors import request_id_of
 from app.api.request_body import segment_request
 from app.api.schemas import (
@@ -21,7 +22,6 @@ from app.api.schemas import (
     ModelsResponse,
     SegmentResponse,
     render,
-    request_body_schemas,
 )
 from app.api.streaming import MEDIA_TYPE as NDJSON
 from app.api.streaming import ndjson_lines

@@ -2,24 +2,21 @@
 
 The HTTP route and the command line both render a pipeline result through `render`, so a
 file the CLI writes is the same JSON the service answers. The request's own fields are
-`app.request.SegmentRequest`; `request_body_schemas` shows them per body type.
+`app.request.SegmentRequest`; `app.api.body_schemas` shows them per body type.
 """
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
-
-from app.request import SegmentRequest
-from app.steps.masks import encode_png
 
 if TYPE_CHECKING:
     from app.pipeline import SegmentResult
     from app.steps.objects import SegmentedObject
+    from app.steps.seed import SeedObject
 
 
 class RleMask(BaseModel):
@@ -55,10 +52,16 @@ class ResponseObject(BaseModel):
 
 
 class SeedMask(BaseModel):
-    """One object as the service this one replaces answered it (SEGMENT_COMPAT=seed)."""
+    """One object as the service this one replaces answered it (SEGMENT_COMPAT=seed): paste
+    `mask`, resized, into `coordinates` on `image`."""
 
-    mask: str = Field(description="base64 PNG the size of `image`, 0/255 (empty if no mask).")
-    coordinates: tuple[int, int, int, int] = Field(description="[x_min, y_min, x_max, y_max]")
+    mask: str = Field(
+        description="base64 PNG, 64x64, 8-bit grey: the mask decoder's own output for this "
+        "object (0..255 for its -1..1; >= 128 is inside), to be resized into `coordinates`."
+    )
+    coordinates: tuple[int, int, int, int] = Field(
+        description="[x_min, y_min, x_max, y_max] in pixels of `image` (the model's input)."
+    )
 
 
 class SegmentResponse(BaseModel):
@@ -77,12 +80,15 @@ class SegmentResponse(BaseModel):
     timings_ms: dict[str, float]
     image: str | None = Field(
         None,
-        description="SEGMENT_COMPAT=seed only: base64 PNG of the upright image the boxes refer to.",
+        description="SEGMENT_COMPAT=seed only: base64 PNG of the model's input image (the "
+        "upright upload resized to the checkpoint's square input size, e.g. 448x448), which "
+        "`masks[i].coordinates` refer to.",
         exclude_if=lambda value: value is None,
     )
     masks: list[SeedMask] | None = Field(
         None,
-        description="SEGMENT_COMPAT=seed only: the objects in the old service's shape.",
+        description="SEGMENT_COMPAT=seed only: the segmented objects in the old service's "
+        "shape and meaning (detect-only objects have no mask and are not listed).",
         exclude_if=lambda value: value is None,
     )
 
@@ -129,25 +135,6 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-def request_body_schemas() -> dict[str, Any]:
-    """OpenAPI's requestBody for POST /segment: SegmentRequest's fields as a form (the image an
-    upload, `image_file`) and as JSON (the image base64, `image`)."""
-    fields = SegmentRequest.model_json_schema()
-    image_file = {"type": "string", "format": "binary", "description": IMAGE_FILE}
-    image = {"type": "string", "description": IMAGE_BASE64}
-    form = {**fields, "properties": {**fields["properties"], "image_file": image_file}}
-    body = {**fields, "properties": {**fields["properties"], "image": image}}
-    form["title"], body["title"] = "SegmentForm", "SegmentJson"
-    return {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": form}, "application/json": {"schema": body}},
-    }
-
-
-IMAGE_FILE = "The image: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF. Or send image_url."
-IMAGE_BASE64 = "The image file's bytes, base64, or a data:image/...;base64, URL. Or image_url."
-
-
 def render_object(obj: SegmentedObject) -> ResponseObject:
     """The wire form of one object (an element of `objects`, or a streamed line's `object`)."""
     return ResponseObject(
@@ -162,9 +149,9 @@ def render_object(obj: SegmentedObject) -> ResponseObject:
 def render(result: SegmentResult) -> SegmentResponse:
     """The wire form of a pipeline result (with the old service's keys when it has the image)."""
     image = masks = None
-    if result.image_png is not None:
-        image = base64.b64encode(result.image_png).decode()
-        masks = [seed_mask(o, result.width, result.height) for o in result.objects]
+    if result.model_image_png is not None:
+        image = base64.b64encode(result.model_image_png).decode()
+        masks = [seed_mask(o.seed) for o in result.objects if o.seed is not None]
     return SegmentResponse(
         model=result.model,
         prompt=result.prompt,
@@ -179,6 +166,5 @@ def render(result: SegmentResult) -> SegmentResponse:
     )
 
 
-def seed_mask(obj: SegmentedObject, width: int, height: int) -> SeedMask:
-    mask = obj.mask if obj.mask is not None else np.zeros((height, width), dtype=bool)
-    return SeedMask(mask=encode_png(mask), coordinates=obj.box)
+def seed_mask(seed: SeedObject) -> SeedMask:
+    return SeedMask(mask=base64.b64encode(seed.mask_png).decode(), coordinates=seed.coordinates)

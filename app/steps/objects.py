@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from app.steps.masks import place_mask
 from app.steps.tokens import CODES_PER_MASK, ParsedObject, box_to_pixels, parse_text
+
+if TYPE_CHECKING:
+    from app.steps.seed import SeedObject
 
 Box = tuple[int, int, int, int]  # x_min, y_min, x_max (exclusive), y_max in pixels
 
@@ -46,6 +49,7 @@ class SegmentedObject:
     score: float | None
     area: int  # mask pixels (box pixels when there is no mask)
     encoded_mask: Any = None  # the mask in the requested wire format, once encoded
+    seed: SeedObject | None = None  # the old service's keys (SEGMENT_COMPAT=seed, masks only)
 
 
 def decode_objects(
