@@ -29,7 +29,9 @@ class SegmentRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", arbitrary_types_allowed=True)
 
     prompt: str = Field(
-        min_length=1, description="What to find: 'cat', 'cat ; dog', or 'detect car'."
+        min_length=1,
+        description="What to find: 'cat', 'cat ; dog', or 'detect car'.",
+        examples=["cat ; dog"],
     )
     image: Annotated[ImageInput | None, SkipJsonSchema()] = Field(
         None, exclude=True, repr=False
@@ -38,7 +40,8 @@ class SegmentRequest(BaseModel):
     model_id: str | None = Field(
         None,
         max_length=MAX_MODEL_ID_CHARS,
-        description="An installed model (GET /models lists them); default SEGMENT_MODEL.",
+        description="Any installed model, by an id or alias GET /models lists; loaded on "
+        "demand if another is in memory. Default: SEGMENT_MODEL.",
     )
     mask_format: MaskFormat = Field(
         "png", description="png, rle, coco_rle, polygon, or none (no masks)."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -153,15 +154,43 @@ def test_model_picks_the_checkpoint_locally_and_on_a_server(
     remote: bool,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--model reaches the request both ways: the installed model by its id, and an id
-    nothing installed answers to is that image's error."""
+    """--model reaches the request both ways: the installed model by its id. An id nothing
+    installed answers to is, on a server, that image's error; here, where --model is the model
+    to load, nothing can run (exit 2), as without weights."""
     extra = ["--server", server] if remote else []
     base = [str(images[0]), "--prompt", "cat", *extra]
     settings = tiny_settings(tiny_model_dir)
     assert run_cli([*base, "--out", str(tmp_path), "--model", str(tiny_model_dir)], settings) == 0
     assert json.loads((tmp_path / "street.json").read_text())["model"] == str(tiny_model_dir)
-    assert run_cli([*base, "--model", "someone/else"], settings) == 1
-    assert "'someone/else' is not installed here" in capsys.readouterr().err
+    assert run_cli([*base, "--model", "someone/else"], settings) == (1 if remote else 2)
+    said = capsys.readouterr().err
+    assert "'someone/else' is not installed" in said
+    if not remote:
+        assert f"looked in {settings.models_dir / 'someone/else'}" in said  # absolute
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_the_demo_model_is_called_meaningless_both_ways(
+    tiny_model_dir: Path,
+    server: str,
+    images: list[Path],
+    tmp_path: Path,
+    remote: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Run here, the model warns as it loads; behind --server, /health's random_weights
+    makes the command say the same."""
+    extra = ["--server", server] if remote else []
+    argv = [str(images[0]), "--prompt", "cat", "--out", str(tmp_path), *extra]
+    with caplog.at_level(logging.WARNING):
+        assert run_cli(argv, tiny_settings(tiny_model_dir)) == 0
+    here = "app.cli.backends" if remote else "app.model.runner"
+    warned = [r.getMessage() for r in caplog.records if r.name == here]
+    assert any(
+        m.startswith(f"DEMO MODEL: {tiny_model_dir}")
+        and "random weights; outputs are meaningless" in m
+        for m in warned
+    ), caplog.text
 
 
 def test_server_mode_reports_an_unreachable_service(
@@ -222,7 +251,7 @@ def test_the_exit_status_survives_mlx_teardown(tmp_path: Path) -> None:
         "from concurrent.futures import ThreadPoolExecutor\n"
         "from app.model.vae import MaskDecoder\n"
         "from app.__main__ import leave\n"
-        "from scripts.random_vae import write_random_vae\n"
+        "from app.model.random_vae import write_random_vae\n"
         f"path = write_random_vae({str(tmp_path / 'vae.npz')!r})\n"
         "pool = ThreadPoolExecutor(1)\n"
         "pool.submit(MaskDecoder.load, path).result()\n"

@@ -125,3 +125,90 @@ def test_openapi_shows_both_bodies(client: TestClient) -> None:
     ]
     assert set(content) == {"multipart/form-data", "application/json"}
     assert "image" in content["application/json"]["schema"]["properties"]
+
+
+def test_every_openapi_example_is_a_request_the_service_answers(client: TestClient) -> None:
+    """What Swagger's Try it out sends by itself: the JSON body's example as it stands, and a
+    form filled with each field's example (optional ones empty) plus an upload."""
+    content = client.get("/openapi.json").json()["paths"]["/segment"]["post"]["requestBody"][
+        "content"
+    ]
+    example = content["application/json"]["example"]
+    assert set(example) >= {"prompt", "image"}
+    as_json = client.post("/segment", json=example)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json()["objects"]
+    for media_type in ("application/json", "multipart/form-data"):
+        properties = content[media_type]["schema"]["properties"]
+        filled = {name: p["examples"][0] for name, p in properties.items() if "examples" in p}
+        assert filled["prompt"], media_type
+        form = {name: str(value) for name, value in filled.items()}
+        as_form = client.post("/segment", data=form, files={"image_file": ("a.png", PNG)})
+        assert as_form.status_code == 200, (media_type, form, as_form.text)
+        assert as_form.json()["objects"]
+
+
+def test_optional_form_fields_start_empty(client: TestClient) -> None:
+    """No placeholder Swagger would fill in and send (`image_url=string`, `max_new_tokens=1`)."""
+    form = client.get("/openapi.json").json()["paths"]["/segment"]["post"]["requestBody"][
+        "content"
+    ]["multipart/form-data"]["schema"]
+    for name in ("image_url", "model_id", "max_new_tokens"):
+        assert form["properties"][name]["examples"] == [""], name
+        assert name not in form["required"]
+
+
+@pytest.mark.parametrize(
+    ("form", "files", "says"),
+    [
+        (
+            {"prompt": "cat"},
+            {"file": ("a.png", PNG)},
+            "Got a file in `file`; send it as `image_file`",
+        ),
+        (
+            {"prompt": "cat"},
+            {"image": ("a.png", PNG)},
+            "Got a file in `image`; send it as `image_file`",
+        ),
+        ({"prompt": "cat"}, {"image_url": ("a.png", PNG)}, "Got a file in `image_url`; send it as"),
+        (
+            {"prompt": "cat", "image": "aGVsbG8="},
+            None,
+            "Got text in `image`; a form sends the image as the file upload `image_file`",
+        ),
+        ({"prompt": "cat", "url": "http://example.com/a.png"}, None, "send the URL as `image_url`"),
+        ({"prompt": "cat"}, None, "the form has neither."),
+    ],
+)
+def test_a_form_is_told_the_field_it_sent_and_the_one_expected(
+    client: TestClient, form: dict[str, str], files: dict[str, Any] | None, says: str
+) -> None:
+    response = client.post("/segment", data=form, files=files)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert says in detail
+    if files is None or "image_url" not in files:
+        assert detail.startswith("Send exactly one of `image_file` (an upload) or `image_url`")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"prompt": "cat"}, "the body has neither."),
+        ({"prompt": "cat", "image_file": "aGVsbG8="}, "in JSON send the file base64 as `image`"),
+        ({"prompt": "cat", "file": "aGVsbG8="}, "Got `file`; send the file base64 as `image`"),
+        ({"prompt": "cat", "url": "http://example.com/a.png"}, "send the URL as `image_url`"),
+        ({"prompt": "cat", "image": "aGVsbG8=", "image_url": "http://x/a.png"}, "has both"),
+    ],
+)
+def test_json_is_told_about_its_own_field_names(
+    client: TestClient, body: dict[str, Any], says: str
+) -> None:
+    """`image` and `image_url`, never the form's `image_file` as the thing to send."""
+    response = client.post("/segment", json=body)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert says in detail
+    assert detail.startswith("Send exactly one of `image` (the file, base64) or `image_url`")
+    assert "send it as `image_file`" not in detail

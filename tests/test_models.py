@@ -18,9 +18,9 @@ from PIL import Image
 from app.api.app import create_app
 from app.config import Settings
 from app.model.messages import ModelOutput, ModelRequest
+from app.model.tiny import build_tiny_model
 from app.runtime.pool import RunnerPool
 from scripts.harness import local_client, wait_healthy
-from scripts.make_tiny_model import build_tiny_model
 from tests.images import gradient, image_bytes
 
 PNG = image_bytes(gradient(64, 48))
@@ -94,6 +94,59 @@ def test_an_unknown_or_broken_model_is_an_error_for_that_request_only(client: Te
     assert broken.status_code == 503 and "not (completely) installed" in broken.json()["detail"]
     after = segment(client)
     assert after.status_code == 200 and "load" not in after.json()["timings_ms"]  # kept
+
+
+@pytest.mark.parametrize(
+    ("model_id", "says", "never"),
+    [
+        ("string", "is not a Hub id (owner/name)", "make models"),
+        ("someone/else", "`make models SEGMENT_MODEL=someone/else` installs it", None),
+        (
+            "google/paligemma2-10b-mix-448",
+            "SEGMENT_MODEL=mlx-community/paligemma2-10b-mix-448-8bit` installs its MLX conversion",
+            None,
+        ),
+    ],
+)
+def test_an_unknown_model_id_is_offered_for_install_only_if_it_could_be_one(
+    client: TestClient, model_id: str, says: str, never: str | None
+) -> None:
+    """Swagger's old placeholder `string` is no Hub id: nothing to install, nothing offered."""
+    answer = segment(client, model_id=model_id)
+    assert answer.status_code == 400, answer.text
+    detail = answer.json()["detail"]
+    assert says in detail and "installed: local/tiny-a" in detail
+    assert never is None or never not in detail
+
+
+def test_only_a_real_conversion_gets_a_google_alias(models_dir: Path) -> None:
+    """`also_known_as` names Google's checkpoint only for mlx-community's conversion of it."""
+    from app.runtime.catalog import accepted_model_ids
+
+    assert accepted_model_ids("mlx-community/paligemma2-3b-mix-448-8bit") == [
+        "mlx-community/paligemma2-3b-mix-448-8bit",
+        "google/paligemma2-3b-mix-448",
+    ]
+    assert accepted_model_ids("/srv/models/mlx-community/paligemma2-3b-pt-224-bf16")[1:] == [
+        "google/paligemma2-3b-pt-224"
+    ]
+    for local in ("/tmp/paligemma2-tiny", "local/paligemma2-3b-mix-448-8bit", "demo"):
+        assert accepted_model_ids(local) == [local], local
+    converted = models_dir / "mlx-community" / "paligemma2-tiny-8bit"
+    shutil.copytree(models_dir / "local" / "tiny-b", converted)
+    try:
+        with serve(models_dir) as client:
+            wait_healthy(client)
+            models = listed(client)
+            assert models["mlx-community/paligemma2-tiny-8bit"]["also_known_as"] == [
+                "google/paligemma2-tiny"
+            ]
+            assert models["local/tiny-a"]["also_known_as"] == []
+            by_alias = segment(client, model_id="google/paligemma2-tiny")
+            assert by_alias.status_code == 200, by_alias.text
+            assert by_alias.json()["model"] == "mlx-community/paligemma2-tiny-8bit"
+    finally:
+        shutil.rmtree(converted.parent)
 
 
 def broken_copies(models_dir: Path) -> dict[str, str]:

@@ -19,6 +19,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from app.api.guards import too_large_detail
+from app.api.misnamed import misnamed_in_form, misnamed_in_json
 from app.config import Settings
 from app.errors import BadInput, InvalidRequest, TooLarge, UnsupportedMedia, shorten
 from app.request import SegmentRequest, parse_request
@@ -57,18 +58,24 @@ async def _from_form(request: Request, max_upload_bytes: int) -> SegmentRequest:
         fields: dict[str, Any] = {}
         for name in TEXT_FIELDS:
             value = form.get(name)
+            if isinstance(value, UploadFile) and name == "image_url":
+                raise BadInput(misnamed_in_form([(name, value)]).strip())
             if isinstance(value, UploadFile):
                 raise InvalidRequest(f"Invalid request: {name}: must be text, not a file.")
             if value is not None:
                 fields[name] = value
         upload = form.get("image_file")
-        files = [name for name, value in form.multi_items() if isinstance(value, UploadFile)]
         if upload is not None and not isinstance(upload, UploadFile):
-            raise BadInput("image_file must be a file upload (multipart/form-data), not text.")
-        if (upload is None) == (not _given(fields.get("image_url"))):
-            elsewhere = [name for name in files if name != "image_file"]
-            hint = f" (a file came as {shorten(elsewhere[0])!r})" if elsewhere else ""
-            raise BadInput(f"Send exactly one of image_file (an upload) or image_url{hint}.")
+            raise BadInput("`image_file` must be a file upload (multipart/form-data), not text.")
+        if upload is None and not _given(fields.get("image_url")):
+            raise BadInput(
+                "Send exactly one of `image_file` (an upload) or `image_url`; the form has "
+                "neither." + misnamed_in_form(form.multi_items())
+            )
+        if upload is not None and _given(fields.get("image_url")):
+            raise BadInput(
+                "Send exactly one of `image_file` (an upload) or `image_url`; the form has both."
+            )
         if upload is not None:
             fields["image"] = await _read_upload(upload, max_upload_bytes)
         return parse_request(fields)
@@ -104,9 +111,15 @@ def _from_json(raw: bytes, max_upload_bytes: int) -> SegmentRequest:
             'The JSON body must be an object, e.g. {"prompt": "cat", "image": "<base64>"}.'
         )
     image = fields.pop("image", None)
-    fields.pop("image_file", None)  # the form's name for it: not a JSON field
-    if (image is None) == (not _given(fields.get("image_url"))):
-        raise BadInput('Send exactly one of "image" (the file, base64) or "image_url".')
+    if image is None and not _given(fields.get("image_url")):
+        raise BadInput(
+            "Send exactly one of `image` (the file, base64) or `image_url`; the body has "
+            "neither." + misnamed_in_json(fields)
+        )
+    if image is not None and _given(fields.get("image_url")):
+        raise BadInput(
+            "Send exactly one of `image` (the file, base64) or `image_url`; the body has both."
+        )
     if image is not None:
         fields["image"] = decode_base64_image(image, max_upload_bytes)
     return parse_request(fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -13,6 +14,7 @@ import httpx
 
 from app.config import Settings
 from app.errors import NotReady, ServiceError
+from app.model.demo import DEMO_WARNING
 from app.pipeline import SegmentResult
 from app.request import SegmentRequest
 from app.segmenter import Segmenter
@@ -21,6 +23,8 @@ from app.steps.objects import SegmentedObject
 
 SERVICE_TIMEOUT_S = 600.0  # one image, queue included; the service has its own limit
 READY_WAIT_S = 120.0  # a service that is still loading gets this long
+
+log = logging.getLogger(__name__)
 
 
 class LocalModel:
@@ -89,6 +93,8 @@ class RemoteService:
                 else {}
             )
             if health.status_code == 200:
+                if body.get("random_weights"):  # as loud as the same model run locally
+                    log.warning(DEMO_WARNING, f"{body.get('model')} (at {self.url})")
                 return
             if body.get("status") != "loading" or time.monotonic() > deadline:
                 raise NotReady(f"The service at {self.url} cannot serve: {body.get('reason')}")

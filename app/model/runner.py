@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from app.config import Settings
-from app.model.demo import demo_objects
+from app.model.demo import DEMO_WARNING, demo_objects
 from app.model.feature_cache import FeatureCache
 from app.model.generation import Advance, Batch, LogitsProcessor, generate
 from app.model.grammar import FOLLOW_THE_MODEL, OutputGrammar
@@ -74,7 +74,7 @@ class Runner:
     ) -> Runner:
         """Read the weights (on the device the caller made MLX's default) and warm up."""
         if random_weights:
-            log.warning("DEMO MODEL: %s has random weights; outputs are meaningless", model_dir)
+            log.warning(DEMO_WARNING, model_dir)
         cache: FeatureCache[Any] = FeatureCache(
             max_entries=settings.image_cache_entries,
             max_bytes=settings.image_cache_mb * 1024 * 1024,

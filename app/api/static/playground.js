@@ -1,12 +1,15 @@
 // The playground: pick, drop or paste an image, say what to find, watch objects stream in.
 // Plain JavaScript, no dependencies: it talks to this service only (/health, /segment).
 
+import { ACCEPTED, imageKind } from "./image-kind.js";
+
 const PALETTE = [ // the service's overlay colours (app/overlay.py), so both pictures agree
   [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
   [240, 50, 230], [210, 245, 60], [110, 100, 255], [255, 225, 25], [0, 170, 150], [255, 80, 160],
 ];
 const FILL_ALPHA = 115; // of 255: the mask tint
 const MAX_CANVAS_SIDE = 4096; // bigger images are drawn scaled down (masks too)
+const PIXELATED_FROM = 4; // scaled up this much or more, a pixel shows as a sharp square
 const TOKEN_KEY = "segment-api-token"; // sessionStorage: this tab only, never in the URL
 
 const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -56,14 +59,22 @@ function setStatus(text, isError = false) {
 // -- choosing an image -------------------------------------------------------------------------
 async function chooseFile(file) {
   if (!file) return;
-  if (file.type && !file.type.startsWith("image/")) {
-    setStatus(`${file.name} is not an image; choose a PNG, JPEG, WebP, GIF, BMP or TIFF.`, true);
-    return;
-  }
-  state.file = file;
-  $("file-name").textContent = file.name || "pasted image";
+  const kind = await imageKind(file);
+  state.file = kind ? file : null; // what the service would refuse is never offered to it
+  $("file-name").textContent = kind ? file.name || "pasted image" : "";
   state.objects = [];
   state.response = null;
+  if (!kind) {
+    state.bitmap = null;
+    $("image-input").value = "";
+    renderObjects();
+    draw();
+    updateSubmit();
+    setStatus(`${file.name || "That file"} is not an image the service takes; choose a ` +
+      `${ACCEPTED} file.`, true);
+    return;
+  }
+  updateSubmit();
   try {
     state.bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
   } catch {
@@ -72,7 +83,11 @@ async function chooseFile(file) {
   renderObjects();
   draw();
   setStatus(state.bitmap ? "Say what to find, then press Segment." :
-    "This browser cannot show the image, but the service can segment it.");
+    `This browser cannot show this ${kind} file, but the service can segment it.`);
+}
+
+function updateSubmit() {
+  $("submit").disabled = state.busy || !state.file;
 }
 
 function wireInputs() {
@@ -99,10 +114,11 @@ function wireInputs() {
   });
   const threshold = $("threshold");
   threshold.addEventListener("input", () => {
-    $("threshold-value").textContent = Number(threshold.value).toFixed(2);
+    $("threshold-value").textContent = formatScore(Number(threshold.value));
     renderObjects();
     draw();
   });
+  window.addEventListener("resize", () => draw());
   $("download-json").addEventListener("click", downloadJson);
   $("download-png").addEventListener("click", downloadPicture);
   const token = $("token-input");
@@ -126,7 +142,7 @@ async function segment() {
   if (token) headers.Authorization = `Bearer ${token}`;
 
   state.busy = true;
-  $("submit").disabled = true;
+  updateSubmit();
   state.objects = [];
   state.response = null;
   renderObjects();
@@ -149,7 +165,7 @@ async function segment() {
     setStatus(`Could not reach the service (${error.message}). Is it still running?`, true);
   } finally {
     state.busy = false;
-    $("submit").disabled = false;
+    updateSubmit();
   }
 }
 
@@ -253,7 +269,7 @@ function renderObjects() {
     label.textContent = object.label;
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = object.score === null ? "" : object.score.toFixed(2);
+    score.textContent = object.score === null ? "" : formatScore(object.score);
     item.append(toggle, swatch, label, score);
     return item;
   }));
@@ -268,11 +284,14 @@ function draw() {
     canvas.width = canvas.height = 0;
     return;
   }
-  state.scale = Math.min(1, MAX_CANVAS_SIDE / Math.max(bitmap.width, bitmap.height));
+  state.scale = fitScale(canvas, bitmap);
   canvas.width = Math.round(bitmap.width * state.scale);
   canvas.height = Math.round(bitmap.height * state.scale);
   const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = state.scale < PIXELATED_FROM;
+  context.imageSmoothingQuality = "high";
   context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  context.imageSmoothingEnabled = true; // masks: smooth, then cut at their edge
   const shown = state.objects.filter(visible);
   for (const object of shown) {
     if (object.layer) context.drawImage(object.layer, 0, 0, canvas.width, canvas.height);
@@ -291,8 +310,29 @@ function draw() {
   for (const object of shown) tag(context, object, font, placed);
 }
 
+// Canvas pixels per image pixel. A large image is drawn at its own size (at most
+// MAX_CANVAS_SIDE) and shown scaled down; a small one is drawn at the size it is shown, the
+// panel's width or the window's height, so it fills the panel and its lines and labels are sharp.
+function fitScale(canvas, bitmap) {
+  const longest = Math.max(bitmap.width, bitmap.height);
+  const rem = parseFloat(getComputedStyle(document.documentElement).fontSize);
+  const border = canvas.offsetWidth - canvas.clientWidth; // both sides
+  const width = canvas.parentElement.clientWidth - border;
+  const height = window.innerHeight - 12 * rem - border; // the CSS max-height
+  const fit = Math.min(width / bitmap.width, height / bitmap.height);
+  return Math.min(Math.max(1, fit), MAX_CANVAS_SIDE / longest);
+}
+
+// A score as a percentage, with the digits that tell small ones apart: 91%, 4.2%, 0.16%.
+function formatScore(score) {
+  const percent = score * 100;
+  if (percent >= 10 || percent === 0) return `${Math.round(percent)}%`;
+  if (percent < 0.001) return "<0.001%";
+  return `${Number(percent.toPrecision(2))}%`;
+}
+
 function tag(context, object, font, placed) {
-  const text = object.score === null ? object.label : `${object.label} ${object.score.toFixed(2)}`;
+  const text = object.score === null ? object.label : `${object.label} ${formatScore(object.score)}`;
   const pad = Math.round(font / 4);
   const width = context.measureText(text).width + 2 * pad;
   const height = font + 2 * pad;
@@ -336,4 +376,5 @@ function downloadPicture() {
 }
 
 wireInputs();
+updateSubmit();
 refreshHealth();
