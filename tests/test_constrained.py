@@ -6,6 +6,7 @@ run the tiny model's real generation with and without the grammar.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,6 +153,40 @@ def test_random_weights_write_one_object_per_class(tokenizer, vocabulary) -> Non
         y0, x0, y1, x1 = obj.loc
         assert y1 - y0 >= MIN_BOX and x1 - x0 >= MIN_BOX
         assert obj.codes is not None and obj.label in ("cat", "dog")
+    # Each in a part of the picture of its own: the answer looks like one, not one box twice.
+    left, right = (o.loc for o in objects)
+    assert left[3] < right[1]  # x_max of the first before x_min of the second
+
+
+@pytest.mark.parametrize("classes", [1, 3, 5, 9, 12])
+def test_random_weights_give_each_object_its_own_box(tokenizer, vocabulary, classes) -> None:  # type: ignore[no-untyped-def]
+    names = [
+        "cat",
+        "dog",
+        "car",
+        "tree",
+        "sky",
+        "road",
+        "door",
+        "hand",
+        "face",
+        "cup",
+        "book",
+        "man",
+    ]
+    word = tokenizer.convert_tokens_to_ids("▁the")
+    grammar = OutputGrammar(
+        vocabulary, task="detect", classes=names[:classes], policy=demo_objects(classes)
+    )
+    steps = 20 * classes + 10
+    objects = parse_text(decoded(tokenizer, drive(grammar, lambda _: word, len(tokenizer), steps)))
+    assert [o.label for o in objects] == names[:classes]
+    boxes = [o.loc for o in objects]
+    assert len(set(boxes)) == classes
+    for (ay0, ax0, ay1, ax1), (by0, bx0, by1, bx1) in itertools.combinations(boxes, 2):
+        assert ay1 < by0 or by1 < ay0 or ax1 < bx0 or bx1 < ax0  # never overlapping
+    for y0, x0, y1, x1 in boxes:
+        assert y1 - y0 >= 64 and x1 - x0 >= 64  # visible even in a 4x4 grid
 
 
 # -- the real generation on the tiny model ------------------------------------------------------

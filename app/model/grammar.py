@@ -17,6 +17,7 @@ believed, and a forced token shows as low confidence.
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ class ObjectPolicy:
     min_box: int = 1  # smallest y_max - y_min and x_max - x_min, in loc units
     model_may_continue: bool = True  # past those, the model's own top token may begin another
     one_class_each: bool = False  # object i is labelled with class i (cycling), else any class
+    # The objects the grammar begins get one cell each of a grid of this many (0: anywhere),
+    # so they do not all land on the same box.
+    cells: int = 0
 
 
 FOLLOW_THE_MODEL = ObjectPolicy()  # a real model: the grammar only completes what it began
@@ -149,20 +153,31 @@ class OutputGrammar:
             if self.objects < self.start_objects or (
                 self.policy.model_may_continue and self._model_starts_object(logits)
             ):
-                return self._loc_range(0, LOC_TOKENS - 1 - self.min_box, logits)
+                return self._loc_range(*self._loc_bounds(self.objects, 0), logits)
             return self._ids(self.layout.stop_ids, logits)
         if self.phase is Phase.LOCS:
-            low = 0
-            if len(self.locs) >= 2:  # y_max, x_max: beyond y_min, x_min by the minimum size
-                low = self.locs[len(self.locs) - 2] + self.min_box
-            high = LOC_TOKENS - 1 if len(self.locs) >= 2 else LOC_TOKENS - 1 - self.min_box
-            return self._loc_range(low, high, logits)
+            return self._loc_range(*self._loc_bounds(self.objects - 1, len(self.locs)), logits)
         if self.phase is Phase.CODES:
             base = self.layout.seg_base
             return self._range(base, base + SEG_TOKENS - 1, logits)
         if self.phase is Phase.TEXT:
             return self._ids(self._text_continuations(), logits)
         return self._ids(self.layout.stop_ids, logits)  # DONE
+
+    def _loc_bounds(self, index: int, coordinate: int) -> tuple[int, int]:
+        """The values object `index`'s `coordinate` (0 y_min, 1 x_min, 2 y_max, 3 x_max) may
+        take: the whole image, or its cell; a max beyond its min by the minimum size."""
+        first, last, min_box = 0, LOC_TOKENS - 1, self.min_box
+        if self.policy.cells and index < self.start_objects:
+            columns = math.ceil(math.sqrt(self.policy.cells))
+            rows = math.ceil(self.policy.cells / columns)
+            row, column = divmod(index % (rows * columns), columns)
+            parts, at = (rows, row) if coordinate % 2 == 0 else (columns, column)
+            first, last = at * LOC_TOKENS // parts, (at + 1) * LOC_TOKENS // parts - 1
+            min_box = min(min_box, (last - first + 1) // 2)  # a small cell still holds a box
+        if coordinate < 2:
+            return first, last - min_box
+        return self.locs[coordinate - 2] + min_box, last
 
     def _label_texts(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """The current object's label texts that may end the output, and those that go on to
