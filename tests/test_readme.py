@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -72,6 +73,35 @@ def test_json_curl_example_runs_with_a_big_photo(tiny_model_dir: Path, tmp_path:
     assert [o["label"] for o in answer["objects"]] == ["cat"], answer
     width, height = Image.open(photo).size  # the whole photo arrived and was decoded
     assert answer["objects"][0]["mask"]["size"] == [height, width]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_first_curl_and_requests_examples_run(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from scripts.harness import live_server, tiny_settings, wait_healthy
+    from tests.images import gradient
+
+    curl = "curl" + README.split("```sh\ncurl", 1)[1].split("```", 1)[0]
+    code = README.split("```python\nimport base64, io, requests", 1)[1].split("```", 1)[0]
+    gradient(120, 90).save(tmp_path / "photo.jpg")
+    monkeypatch.chdir(tmp_path)
+    with live_server(create_app(tiny_settings(tiny_model_dir))) as url:
+        wait_healthy(url, timeout_s=60)
+        done = subprocess.run(
+            ["bash", "-c", curl.replace("http://127.0.0.1:8000", url)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        code = "import base64, io, requests" + code.replace("http://127.0.0.1:8000", url)
+        exec(compile(code, "README.md", "exec"), {})
+    assert done.returncode == 0, done.stderr
+    assert [o["label"] for o in json.loads(done.stdout)["objects"]] == ["cat", "dog"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["cat", "dog"], lines
+    assert all(line.endswith("(120, 90)") for line in lines), lines  # each mask decoded
 
 
 def test_curl_example_fields_are_the_api_fields() -> None:
