@@ -280,3 +280,21 @@ def test_every_band_of_rows_is_tinted() -> None:
     expected = np.round(under * (1 - FILL_OPACITY) + np.asarray(colour(0)) * FILL_OPACITY)
     inside = (slice(50, height - 50), slice(50, width - 50))  # clear of outline, frame and tag
     assert np.abs(out[inside] - expected[inside]).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("score", "text"),
+    [
+        (0.91, "91%"),
+        (0.042, "4.2%"),
+        (0.0016, "0.16%"),
+        (0.0, "0%"),
+        (1e-7, "<0.001%"),
+        (0.0996, "10%"),
+        (1.0, "100%"),
+    ],
+)
+def test_scores_read_as_the_playground_writes_them(score: float, text: str) -> None:
+    from app.steps.scores import score_text
+
+    assert score_text(score) == text

@@ -28,6 +28,7 @@ from app.pipeline import SegmentResult
 from app.request import SegmentRequest, parse_request
 from app.steps.coco import CocoImage, coco_document, write_coco
 from app.steps.prompts import build_prompt, split_task_prompt
+from app.steps.scores import score_text
 
 MASK_FORMATS = ("png", "rle", "coco_rle", "polygon", "none")
 EXIT_FAILED_IMAGES = 1  # some images could not be segmented (each one says why)
@@ -226,7 +227,7 @@ def _write_outputs(result: SegmentResult, stem: str, out: Path | None, stdout: I
 
 def _summary(path: Path, result: SegmentResult, seconds: float) -> str:
     found = ", ".join(
-        o.label if o.score is None else f"{o.label} {o.score:.2f}" for o in result.objects
+        o.label if o.score is None else f"{o.label} {score_text(o.score)}" for o in result.objects
     )
     count = len(result.objects)
     return (

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from app.steps.masks import LIBPNG_MAX_SIDE
+from app.steps.scores import score_text
 
 # Saturated colours (RGB) that stay visible on photos, neighbours far apart in hue, so the
 # first few objects (the usual case) differ most. Objects cycle through them.
@@ -195,7 +196,7 @@ def _tag(
 ) -> tuple[int, int, int, int]:
     """`label 0.91` on a filled patch at the box's top-left, inside the image, below any
     earlier tag it would cover (objects often share a corner). Returns where it went."""
-    text = obj.label if obj.score is None else f"{obj.label} {obj.score:.2f}"
+    text = obj.label if obj.score is None else f"{obj.label} {score_text(obj.score)}"
     thickness = max(1, round(2 * font_scale))  # Hershey strokes: ~2 px per unit of scale
     (text_w, text_h), baseline = cv2.getTextSize(text, FONT, font_scale, thickness)
     pad = max(1, round(5 * font_scale))
