@@ -28,6 +28,7 @@ def listen(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
     """Bound, listening sockets for every address `host` names (both families for a name such
     as localhost), as asyncio would open them; uvicorn serves on them as given."""
     sockets: list[socket.socket] = []
+    unavailable: OSError | None = None
     try:
         for family, address in _addresses(host, port):
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -35,9 +36,20 @@ def listen(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             if family == socket.AF_INET6:  # the IPv4 socket serves IPv4, as asyncio does
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                # That family is off here (IPv6 disabled, say): the others serve, as asyncio
+                # does it; with none left it is an error below.
+                sockets.pop().close()
+                unavailable = exc
+                continue
             sock.listen(backlog)
             sock.set_inheritable(False)
+        if not sockets:
+            raise unavailable or OSError(errno.EADDRNOTAVAIL, f"{host!r} has no address")
     except OSError as exc:
         for sock in sockets:
             sock.close()
