@@ -118,6 +118,24 @@ def test_an_address_of_another_machine_cannot_be_listened_on() -> None:
         listen("192.0.2.1", free_port())  # TEST-NET-1: never this machine's
 
 
+def test_an_address_that_is_off_here_is_skipped_when_another_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    documentation_only = (socket.AF_INET6, ("2001:db8::1", port))  # never this machine's
+    loopback = (socket.AF_INET, ("127.0.0.1", port))
+    monkeypatch.setattr("app.api.listen._addresses", lambda *_: [documentation_only, loopback])
+    sockets = listen("localhost", port)
+    try:
+        assert [s.getsockname()[:2] for s in sockets] == [("127.0.0.1", port)]
+    finally:
+        for sock in sockets:
+            sock.close()
+    monkeypatch.setattr("app.api.listen._addresses", lambda *_: [documentation_only])
+    with pytest.raises(CannotListen):
+        listen("localhost", port)
+
+
 def test_listen_gives_sockets_that_accept() -> None:
     sockets = listen("127.0.0.1", 0)
     try:

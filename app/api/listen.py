@@ -31,7 +31,11 @@ def listen(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
     unavailable: OSError | None = None
     try:
         for family, address in _addresses(host, port):
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:  # a family this kernel lacks (EAFNOSUPPORT)
+                unavailable = exc
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             if family == socket.AF_INET6:  # the IPv4 socket serves IPv4, as asyncio does
