@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     url_timeout_s: Seconds = Field(10.0, description="Connect/read timeout for image_url.")
     url_total_timeout_s: Seconds = Field(30.0, description="Whole image_url download.")
     url_max_redirects: int = Field(3, ge=0, le=20)  # browsers follow 20
-    warmup: bool = Field(True, description="One real generation at start-up before /health is ok.")
+    warmup: bool = Field(True, description="One real generation when the model loads, first.")
     # A developer wants errors at once (`make serve`); a login agent that may sit unused all
     # day loads on the first request instead, as Ollama does.
     preload: bool = Field(
