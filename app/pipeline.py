@@ -48,6 +48,7 @@ class SegmentResult:
     objects: list[SegmentedObject]
     overlay_png: bytes | None
     timings_ms: dict[str, float]
+    tokens: dict[str, int]  # prompt (image tokens included), generated; per_class: summed
     # SEGMENT_COMPAT=seed: the model's input image (input_size square), which each object's
     # `seed.coordinates` refer to, as the old service answered it
     model_image_png: bytes | None = None
@@ -188,6 +189,7 @@ class Pipeline:
             objects=ordered,
             overlay_png=overlay,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
+            tokens=output.tokens,
             model_image_png=model_image_png,
         )
 
@@ -325,8 +327,12 @@ def combined(outputs: list[ModelOutput]) -> ModelOutput:
                 timings[name] = max(timings[name], ms)
             else:
                 timings[name] += ms
+    tokens: dict[str, int] = {}
+    for output in outputs:  # work done: each sequence read its own prompt, wrote its own text
+        for name, count in output.tokens.items():
+            tokens[name] = tokens.get(name, 0) + count
     text = " ; ".join(output.text for output in outputs if output.text)
-    return ModelOutput(text=text, timings_ms=timings, model=outputs[0].model)
+    return ModelOutput(text=text, timings_ms=timings, model=outputs[0].model, tokens=tokens)
 
 
 async def collect(events: AsyncGenerator[ResultEvent, None]) -> SegmentResult:

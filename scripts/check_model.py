@@ -54,7 +54,6 @@ def run_check(settings: Settings, expected: Expected) -> int:
         print(f"check: no weights to check: {problem}", file=sys.stderr)
         return EXIT_NO_WEIGHTS
     from app.segmenter import Segmenter  # imports MLX (on its own thread only)
-    from scripts.check.tokens import token_counts
 
     checkpoint = resolve(settings, None)
     try:
@@ -65,7 +64,7 @@ def run_check(settings: Settings, expected: Expected) -> int:
         print(f"check FAIL: the model could not run: {exc.detail}")
         return EXIT_FAIL
     verdict = judge(result.objects, expected.box)
-    prompt_tokens, new_tokens = token_counts(checkpoint.path, result.prompt, result.text)
+    prompt_tokens, new_tokens = result.tokens.get("prompt"), result.tokens.get("generated")
     figures = speed(result.timings_ms, prompt_tokens, new_tokens, len(result.objects))
     model = result.model + (" (RANDOM WEIGHTS)" if checkpoint.random_weights else "")
     device = describe_device(info.device if info is not None else "unknown")

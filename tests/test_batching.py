@@ -234,3 +234,7 @@ def test_per_class_on_the_demo_model_finds_each_class(tiny_model_dir: Path) -> N
     assert [o["label"] for o in apart["objects"]] == ["dog", "cat", "car"]
     assert [o["label"] for o in joint["objects"]] == ["dog", "cat", "car"]
     assert apart["text"].count(" ; ") == 2 and "prefill" in apart["timings_ms"]
+    # Token counts: the image's 256 tokens in every prompt read; one object is 4 loc + 16 seg
+    # + its label (+ " ;" between objects), so the three write about as many either way.
+    assert joint["tokens"]["prompt"] > 256 and apart["tokens"]["prompt"] > 3 * 256
+    assert 3 * 21 <= apart["tokens"]["generated"] <= joint["tokens"]["generated"] + 6

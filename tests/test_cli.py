@@ -297,7 +297,8 @@ def test_batch_keeps_several_in_flight_and_the_output_order(
         (tmp_path / f"{name}.png").write_bytes(name.encode())
         paths.append(tmp_path / f"{name}.png")
     results = {
-        name.encode(): SegmentResult("m", "segment cat", 1, 1, name, [], None, {}) for name in names
+        name.encode(): SegmentResult("m", "segment cat", 1, 1, name, [], None, {}, {})
+        for name in names
     }
     backend = _OutOfOrder(results)
     done, failed = _segment_all(paths, SegmentRequest(prompt="cat"), backend, None, in_flight=3)

@@ -52,6 +52,7 @@ def _result(objects: list[SegmentedObject], model_image_png: bytes | None) -> Se
         objects=objects,
         overlay_png=None,
         timings_ms={},
+        tokens={},
         model_image_png=model_image_png,
     )
 

@@ -78,6 +78,12 @@ class SegmentResponse(BaseModel):
         exclude_if=lambda value: value is None,
     )
     timings_ms: dict[str, float]
+    tokens: dict[str, int] = Field(
+        default_factory=dict,
+        description="prompt: tokens the model read (image tokens included); generated: tokens "
+        "it wrote. With per_class, summed over its sequences. Speed: generated / "
+        "timings_ms.generate.",
+    )
     image: str | None = Field(
         None,
         description="SEGMENT_COMPAT=seed only: base64 PNG of the model's input image (the "
@@ -161,6 +167,7 @@ def render(result: SegmentResult) -> SegmentResponse:
         objects=[render_object(o) for o in result.objects],
         overlay=base64.b64encode(result.overlay_png).decode() if result.overlay_png else None,
         timings_ms=result.timings_ms,
+        tokens=result.tokens,
         image=image,
         masks=masks,
     )

@@ -152,4 +152,5 @@ def _result(body: dict[str, Any], request: SegmentRequest) -> SegmentResult:
         objects=objects,
         overlay_png=base64.b64decode(overlay) if overlay else None,
         timings_ms=body["timings_ms"],
+        tokens=body.get("tokens", {}),  # a service older than the field sends none
     )

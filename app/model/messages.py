@@ -7,7 +7,7 @@ No MLX here: the worker and the pipeline import these without importing MLX.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -31,6 +31,8 @@ class ModelOutput:
     text: str  # the model's raw output
     timings_ms: dict[str, float]  # (load,) preprocess, vision, generate, decode_masks
     model: str  # the checkpoint that answered
+    # prompt: tokens read (image tokens included); generated: written, the stop not counted
+    tokens: dict[str, int] = field(default_factory=dict)
 
 
 ModelEvent = DecodedObject | ModelOutput

@@ -177,7 +177,13 @@ class Runner:
             if advance.done is not None:
                 timings = dict(advance.done.timings_ms)
                 timings["decode_masks"] = self._decoding_s[advance.key] * 1000
-                output = ModelOutput(text=advance.done.text, timings_ms=timings, model=self.name)
+                done = advance.done
+                output = ModelOutput(
+                    text=done.text,
+                    timings_ms=timings,
+                    model=self.name,
+                    tokens={"prompt": done.prompt_tokens, "generated": done.new_tokens},
+                )
                 events.append((advance.key, output))
                 self._forget(advance.key)
         return events
