@@ -95,7 +95,7 @@ def test_an_unreadable_image_fails_alone(
     assert run_cli([*argv, "--out", str(tmp_path / "o")], tiny_settings(tiny_model_dir)) == 1
     log = capsys.readouterr().err
     assert "missing.png: FAILED: cannot read it" in log
-    assert "notes.txt: FAILED: The upload is not a recognised image" in log
+    assert "notes.txt: FAILED: The image sent is not a recognised image" in log
     assert (tmp_path / "o" / "street.json").is_file()
 
 

@@ -98,7 +98,8 @@ async def fetch_image_bytes(
     except TimeoutError as exc:
         raise TimedOut(
             f"Downloading image_url took longer than {total_timeout_s:g} s "
-            "(SEGMENT_URL_TOTAL_TIMEOUT_S); upload the file as image_file instead."
+            "(SEGMENT_URL_TOTAL_TIMEOUT_S); send the image itself instead (image_file in a form, "
+            "image in JSON)."
         ) from exc
 
 
@@ -116,8 +117,8 @@ async def _fetch(
                 response = await client.send(request, stream=True)
             except httpx.TimeoutException as exc:
                 raise TimedOut(
-                    f"image_url did not answer within {timeout_s:g} s; try again or upload the "
-                    "file as image_file."
+                    f"image_url did not answer within {timeout_s:g} s; try again, or send the "
+                    "image itself (image_file in a form, image in JSON)."
                 ) from exc
             except httpx.HTTPError as exc:
                 raise BadInput(

@@ -135,7 +135,9 @@ def _open(data: bytes) -> Image.Image:
     except UnidentifiedImageError as exc:
         kind = _looks_like(data)
         if kind is None:
-            raise NotAnImage(f"The upload is not a recognised image; send {SUPPORTED}.") from exc
+            raise NotAnImage(
+                f"The image sent is not a recognised image; send {SUPPORTED}."
+            ) from exc
         raise BadInput(
             f"The image is corrupt or truncated (it begins like a {kind} file, but its header "
             "does not parse); send a complete file."
