@@ -32,7 +32,7 @@ from app.steps.images import check_size, decode_image, release_big_images_prompt
 from app.steps.masks import encode_mask
 from app.steps.objects import SegmentedObject, place_object
 from app.steps.overlay import overlay_png
-from app.steps.prompts import build_prompt, split_task_prompt, token_budget
+from app.steps.prompts import build_prompt, check_token_cap, split_task_prompt, token_budget
 from app.steps.seed import image_png, seed_object
 
 log = logging.getLogger("app")
@@ -99,6 +99,7 @@ class Pipeline:
     async def _prepare(self, request: SegmentRequest) -> _Prepared:
         started = time.perf_counter()
         task_prompt = build_prompt(request.prompt, max_chars=self.settings.max_prompt_chars)
+        check_token_cap(task_prompt, request.max_new_tokens)
         checkpoint = await asyncio.to_thread(self.worker.backend.checkpoint, request.model_id)
         size = checkpoint.input_size
         assert size is not None  # resolve() refuses a checkpoint without one

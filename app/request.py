@@ -48,7 +48,10 @@ class SegmentRequest(BaseModel):
     )
     overlay: bool = Field(False, description="Also return a PNG of the objects on the image.")
     max_new_tokens: int | None = Field(
-        None, ge=1, description="Cap on generated tokens (about 24 per object)."
+        None,
+        ge=1,
+        description="Cap on generated tokens (about 24 per object; at least 21 for segment, 5 "
+        "for detect).",
     )
     stream: bool = Field(
         False, description="Answer in NDJSON lines: each object as it is found, then 'done'."

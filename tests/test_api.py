@@ -159,6 +159,13 @@ def test_detect_prompt_gives_boxes_without_masks(service: Service) -> None:
     assert [(o["label"], o["mask"]) for o in body["objects"]] == [("car", None), ("car", None)]
 
 
+def test_a_token_cap_too_small_for_one_object_is_a_clear_422(service: Service) -> None:
+    response = service.segment(CAT, image_bytes(gradient(64, 64)), max_new_tokens="1")
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "max_new_tokens=1 cannot hold one object" in detail and "at least 21" in detail
+
+
 @pytest.mark.parametrize("fmt", ["rle", "polygon", "none"])
 def test_mask_formats(service: Service, fmt: str) -> None:
     response = service.segment(CAT, image_bytes(gradient(200, 150)), mask_format=fmt)
@@ -227,7 +234,7 @@ def test_image_url_errors_are_clear(service: Service, image_server: str) -> None
 
 def test_unforced_generation_runs_the_real_model(service: Service) -> None:
     """No script: the random model says whatever it says; the service must still answer."""
-    response = service.segment("", image_bytes(gradient(64, 64)), max_new_tokens="8")
+    response = service.segment("", image_bytes(gradient(64, 64)), max_new_tokens="24")
     assert response.status_code == 200, response.text
     assert isinstance(response.json()["text"], str)
 

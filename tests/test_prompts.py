@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import BadInput
-from app.steps.prompts import build_prompt, token_budget
+from app.errors import BadInput, InvalidRequest
+from app.steps.prompts import build_prompt, check_token_cap, token_budget
 
 
 @pytest.mark.parametrize(
@@ -41,3 +41,24 @@ def test_prompt_over_the_limit_is_refused_with_the_limit() -> None:
 )
 def test_token_budget_grows_with_the_classes_asked_for(prompt: str, budget: int) -> None:
     assert token_budget(prompt, max_objects_per_class=2, ceiling=100) == budget
+
+
+@pytest.mark.parametrize(
+    ("prompt", "cap", "refused"),
+    [
+        ("segment cat", 1, True),
+        ("segment cat", 20, True),
+        ("segment cat", 21, False),
+        ("detect cat", 4, True),
+        ("detect cat", 5, False),
+        ("segment cat", None, False),
+    ],
+)
+def test_a_token_cap_that_cannot_hold_one_object_is_refused(
+    prompt: str, cap: int | None, refused: bool
+) -> None:
+    if not refused:
+        check_token_cap(prompt, cap)
+        return
+    with pytest.raises(InvalidRequest, match=f"max_new_tokens={cap} cannot hold one object"):
+        check_token_cap(prompt, cap)

@@ -27,7 +27,7 @@ from app.errors import ServiceError, report
 from app.pipeline import SegmentResult
 from app.request import SegmentRequest, parse_request
 from app.steps.coco import CocoImage, coco_document, write_coco
-from app.steps.prompts import build_prompt, split_task_prompt
+from app.steps.prompts import build_prompt, check_token_cap, split_task_prompt
 from app.steps.scores import score_text
 
 MASK_FORMATS = ("png", "rle", "coco_rle", "polygon", "none")
@@ -97,6 +97,7 @@ def segment_command(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(f"--batch takes a number from 1 to {MAX_IN_FLIGHT}.")
     try:
         task_prompt = build_prompt(args.prompt, max_chars=settings.max_prompt_chars)
+        check_token_cap(task_prompt, args.max_new_tokens)  # at once, not once per image
         request = parse_request(  # each image adds itself to this request
             {
                 "prompt": args.prompt,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
-from app.errors import BadInput
+from app.errors import BadInput, InvalidRequest
 
 TASKS = ("segment", "detect")
 TOKENS_PER_OBJECT = 24
+# The fewest tokens one object can take: 4 locations (+ 16 mask codes) and a one-token label.
+MIN_OBJECT_TOKENS = {"segment": 21, "detect": 5}
+PARTS = {"segment": "4 locations, 16 mask codes", "detect": "4 locations"}
 _CLASS_SEPARATOR = re.compile(r"\s*;\s*")
 # U+FFFD is what undecodable bytes become; C0/C1 controls are never part of a prompt. (Starlette
 # reads multipart fields that are not UTF-8 as Latin-1, whose 0x80-0x9F bytes land in C1.)
@@ -56,3 +59,16 @@ def token_budget(task_prompt: str, *, max_objects_per_class: int, ceiling: int) 
     """
     classes = len(split_task_prompt(task_prompt)[1])
     return min(ceiling, classes * max_objects_per_class * TOKENS_PER_OBJECT)
+
+
+def check_token_cap(task_prompt: str, max_new_tokens: int | None) -> None:
+    """Refuse a cap that cannot hold one object: the answer would be empty, silently."""
+    task = split_task_prompt(task_prompt)[0]
+    least = MIN_OBJECT_TOKENS[task]
+    if max_new_tokens is not None and max_new_tokens < least:
+        raise InvalidRequest(
+            f"max_new_tokens={max_new_tokens} cannot hold one object: a {task} object takes "
+            f"at least {least} tokens ({PARTS[task]} and a label). Give about "
+            f"{TOKENS_PER_OBJECT} per object wanted, or leave it out for a budget from the "
+            "classes asked."
+        )
