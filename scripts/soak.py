@@ -45,7 +45,7 @@ def _png(width: int, height: int, seed: int) -> bytes:
 
 def request_mix() -> list[tuple[str, dict[str, str], dict[str, tuple[str, bytes]] | None]]:
     """(name, form, files): half good requests, half each kind of bad one, in a fixed cycle."""
-    good = {"prompt": "cat ; dog", "max_new_tokens": "8"}
+    good = {"prompt": "cat ; dog", "max_new_tokens": "24"}
     photo, small = _png(640, 480, 0), _png(64, 48, 1)
     return [
         ("good 640x480", good, {"image_file": ("a.png", photo)}),
