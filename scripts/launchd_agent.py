@@ -19,13 +19,12 @@ import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.api.listen import get_health, health_url  # standard library only
 from scripts.agent_plist import (
     LABEL,
     ROOT,
@@ -362,15 +361,10 @@ def explain_exit(state: ServiceState) -> str:
 
 def probe_health(host: str, port: str, timeout_s: float = 2.0) -> tuple[int | None, str]:
     """GET /health: (HTTP status or None, a one-line summary)."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # a wildcard bind: ask loopback
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/health"
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = health_url(host, port)
     try:
-        with direct.open(url, timeout=timeout_s) as response:
-            code, body = response.status, response.read()
-    except urllib.error.HTTPError as exc:  # 503 while loading or failed: the body says why
-        code, body = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
+        code, body = get_health(url, timeout_s)
+    except OSError as exc:  # urllib's URLError included
         return None, f"{url}: not answering ({getattr(exc, 'reason', exc)})"
     try:
         health = json.loads(body)

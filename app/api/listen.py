@@ -93,16 +93,27 @@ def busy_message(host: str, port: int) -> str:
     return f"port {port} on {host} is already in use: {who}. Stop it, or set SEGMENT_PORT."
 
 
+def health_url(host: str, port: int | str) -> str:
+    """The /health a service bound to `host` answers on; a wildcard bind is asked on loopback."""
+    asked = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{asked}]' if ':' in asked else asked}:{port}/health"
+
+
+def get_health(url: str, timeout_s: float) -> tuple[int, bytes]:
+    """(HTTP status, body) of GET /health, straight to it (no proxy); OSError when nothing
+    answers. Standard library only: `make agent-status` runs it without .venv."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(url, timeout=timeout_s) as response:
+            return response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:  # 503 while loading or failed: the body says why
+        return exc.code, exc.read(65536)
+
+
 def _probe_service(host: str, port: int) -> str | None:
     """'model M, status S' when the port answers /health as this service does, else None."""
-    probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    shown = f"[{probe_host}]" if ":" in probe_host else probe_host
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy for us
     try:
-        with direct.open(f"http://{shown}:{port}/health", timeout=PROBE_TIMEOUT_S) as response:
-            body = response.read(65536)
-    except urllib.error.HTTPError as exc:  # 503 while loading: still this service
-        body = exc.read(65536)
+        _, body = get_health(health_url(host, port), PROBE_TIMEOUT_S)
     except (OSError, ValueError):
         return None
     try:
