@@ -11,8 +11,7 @@ from app.api.listen import CannotListen, PortBusy, listen
 from app.cli.command import build_parser
 from app.config import SettingsError, get_settings
 from app.config.logs import configure_logging, trim_if_file
-from app.runtime.blas import find_openblas, preload_environment
-from app.runtime.device import gpu_backend
+from app.runtime.blas import restart_with_openblas_if_needed
 
 EXIT_BAD_SETTINGS = 78  # EX_CONFIG (sysexits.h): a SEGMENT_* value is unusable; fix, then restart
 EXIT_PORT_BUSY = 75  # EX_TEMPFAIL: the port is taken; launchd tries again after ThrottleInterval
@@ -33,11 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         from app.cli.command import segment_command
 
         sys.exit(segment_command(args, settings))
-    environment = preload_environment(
-        os.environ, sys.platform, find_openblas(), settings.blas, settings.device, gpu_backend()
-    )
-    if environment is not None:  # Linux: restart once with OpenBLAS ahead of MLX's own BLAS
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
+    restart_with_openblas_if_needed(settings.blas, settings.device)
     if args.command == "segment":
         from app.cli.command import segment_command
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from app.runtime.blas import find_openblas, preload_environment
+from app.runtime.blas import restart_with_openblas_if_needed
 from scripts.bench.common import ROOT
 from scripts.bench.report import REAL_SIZE, RESULTS, table, write_report
 
@@ -256,14 +255,9 @@ def reexecute_like_the_service() -> None:
     """On Linux `python -m app` restarts once with OpenBLAS preloaded (app.runtime.blas
     decides; SEGMENT_BLAS=bundled turns it off): do the same, so the bench measures that."""
     from app.config import get_settings
-    from app.runtime.device import gpu_backend
 
     settings = get_settings()
-    environment = preload_environment(
-        os.environ, sys.platform, find_openblas(), settings.blas, settings.device, gpu_backend()
-    )
-    if environment is not None:
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
+    restart_with_openblas_if_needed(settings.blas, settings.device)
 
 
 def child_main(args: argparse.Namespace) -> int:

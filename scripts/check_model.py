@@ -14,7 +14,6 @@ weights (run `make models`). On Linux it restarts itself with OpenBLAS preloaded
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from app.config import Settings, SettingsError, get_settings
 from app.errors import ServiceError
-from app.runtime.blas import find_openblas, preload_environment
+from app.runtime.blas import restart_with_openblas_if_needed
 from app.runtime.catalog import resolve
 from scripts.check.speed import Speed, describe, speed
 from scripts.check.verdict import Expected, Verdict, judge
@@ -43,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_FAIL
-    reexecute_like_the_service(settings)
+    # On Linux's CPU backend, OpenBLAS as `python -m app` has it: its speeds are the ones to report.
+    restart_with_openblas_if_needed(settings.blas, settings.device)
     return run_check(settings, Expected.load(args.label))
 
 
@@ -115,19 +115,6 @@ def _chip() -> str:
         if found:
             return found
     return platform.processor() or platform.machine()
-
-
-def reexecute_like_the_service(settings: Settings) -> None:
-    """On Linux's CPU backend, restart once with OpenBLAS preloaded (app.runtime.blas decides;
-    SEGMENT_BLAS=bundled turns it off), as `python -m app` does: its speeds are the ones to
-    report. Never on macOS."""
-    from app.runtime.device import gpu_backend
-
-    environment = preload_environment(
-        os.environ, sys.platform, find_openblas(), settings.blas, settings.device, gpu_backend()
-    )
-    if environment is not None:
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
 
 
 if __name__ == "__main__":

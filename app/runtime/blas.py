@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import ctypes.util
 import importlib.util
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+
+from app.runtime.device import DevicePolicy, gpu_backend
 
 MARKER = "SEGMENT_BLAS_PRELOADED"  # set on the re-executed process: never loop
 
@@ -55,3 +59,13 @@ def preload_environment(
         "LD_PRELOAD": f"{library}:{preload}" if preload else str(library),
         MARKER: str(library),
     }
+
+
+def restart_with_openblas_if_needed(blas: Literal["auto", "bundled"], device: DevicePolicy) -> None:
+    """Linux, MLX on the CPU: re-execute this very command once with OpenBLAS preloaded (it
+    must be loaded before MLX's own BLAS, so only a fresh process can have it); else return."""
+    environment = preload_environment(
+        os.environ, sys.platform, find_openblas(), blas, device, gpu_backend()
+    )
+    if environment is not None:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environment)
